@@ -1,0 +1,12 @@
+//! Everything the xlb kernel programs and the `xlb` process must agree on, defined once.
+//!
+//! * [`maps`]: map names, sizes, keys and values (`#[repr(C)]`, plain old data).
+//! * [`hash`]: the flow hash and the Maglev permutation hashes, specified bit for bit so that
+//!   every node computes the same numbers.
+//! * [`maglev`] (feature `std`): the Maglev lookup-table builder.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod hash;
+pub mod maps;
+#[cfg(feature = "std")]
+pub mod maglev;

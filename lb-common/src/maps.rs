@@ -1,0 +1,280 @@
+//! Map names, sizes and layouts shared by the kernel programs and the `xlb` process.
+//!
+//! Conventions: addresses and ports inside keys and values are stored in **network byte order**
+//! (exactly the bytes the packet carries) so the datapath compares and copies them without
+//! swapping. Every struct is `#[repr(C)]` with explicit padding so its size is the same for the
+//! BPF target and the host, and the asserts at the bottom pin those sizes.
+//!
+//! Changing any layout here requires bumping [`LAYOUT_VERSION`]: pins live in a directory named
+//! after it, so a new `xlb` never reads maps of an old layout.
+
+/// Pins live under `/sys/fs/bpf/xlb/<netns inode>/<LAYOUT_VERSION>/`.
+pub const LAYOUT_VERSION: &str = "v1";
+
+// ---- map names (the `#[btf_map]` statics in the kernel crate carry exactly these names) ----
+pub const MAP_FRONTENDS: &str = "XLB_FRONTENDS";
+pub const MAP_LOCAL_ADDRS: &str = "XLB_LOCAL_ADDRS";
+pub const MAP_BACKENDS: &str = "XLB_BACKENDS";
+pub const MAP_MAGLEV: &str = "XLB_MAGLEV";
+pub const MAP_CONNTRACK: &str = "XLB_CONNTRACK";
+pub const MAP_REVNAT: &str = "XLB_REVNAT";
+pub const MAP_SRC_RANGES: &str = "XLB_SRC_RANGES";
+pub const MAP_GLOBAL_STATS: &str = "XLB_GLOBAL_STATS";
+pub const MAP_FRONTEND_STATS: &str = "XLB_FRONTEND_STATS";
+pub const MAP_BACKEND_STATS: &str = "XLB_BACKEND_STATS";
+
+/// Every map the programs own; the loader pins each of these.
+pub const ALL_MAPS: [&str; 10] = [
+    MAP_FRONTENDS,
+    MAP_LOCAL_ADDRS,
+    MAP_BACKENDS,
+    MAP_MAGLEV,
+    MAP_CONNTRACK,
+    MAP_REVNAT,
+    MAP_SRC_RANGES,
+    MAP_GLOBAL_STATS,
+    MAP_FRONTEND_STATS,
+    MAP_BACKEND_STATS,
+];
+
+// ---- program names ----
+pub const PROG_XDP: &str = "xlb_xdp";
+pub const PROG_TC_EGRESS: &str = "xlb_tc_egress";
+
+// ---- capacities (compile-time in the kernel object) ----
+/// Frontends: (address, port, protocol) entries, across all Services.
+pub const MAX_FRONTENDS: u32 = 65_536;
+/// Service ports: each owns one Maglev table and one backend set.
+pub const MAX_SERVICES: u32 = 16_384;
+/// Backend ids (pod address + port), including draining ones kept for open connections.
+pub const MAX_BACKENDS: u32 = 65_536;
+pub const MAX_LOCAL_ADDRS: u32 = 256;
+pub const MAX_SRC_RANGES: u32 = 16_384;
+/// Default conntrack / reverse-NAT capacity; `--conntrack-size` overrides at load time.
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
+
+/// Default Maglev table size (prime). Configurable up to [`MAGLEV_MAX_TABLE_SIZE`].
+pub const MAGLEV_DEFAULT_TABLE_SIZE: u32 = 16_381;
+pub const MAGLEV_MAX_TABLE_SIZE: u32 = 131_071;
+/// `BPF_F_INNER_MAP`: lets inner Maglev arrays differ in size from the template (kernel 5.10+).
+pub const BPF_F_INNER_MAP: u32 = 0x1000;
+/// A Maglev slot that holds no backend (a Service with no usable endpoint).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of `XLB_FRONTENDS`. `addr == 0` is the NodePort wildcard: it matches any address in
+/// `XLB_LOCAL_ADDRS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct FrontendKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The frontend enforces `loadBalancerSourceRanges` through `XLB_SRC_RANGES`.
+pub const FRONTEND_F_SOURCE_RANGES: u32 = 1;
+
+/// Value of `XLB_FRONTENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FrontendValue {
+    /// Index into `XLB_MAGLEV` (the Service port's table) and key prefix in `XLB_SRC_RANGES`.
+    pub service_id: u32,
+    /// Index into `XLB_FRONTEND_STATS`.
+    pub frontend_id: u32,
+    /// `FRONTEND_F_*` bits.
+    pub flags: u32,
+    /// Size M of the Service's Maglev table; `flow_hash % M` is the slot.
+    pub table_size: u32,
+}
+
+/// Key of `XLB_LOCAL_ADDRS`: an IPv4 address of this node (network order). Value: unused `u32`.
+pub type LocalAddrKey = u32;
+
+/// The backend runs on this node: DNAT and hand to the kernel, which routes to the pod.
+pub const BACKEND_F_LOCAL: u8 = 1;
+
+/// Value of `XLB_BACKENDS`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Pod address (network order).
+    pub addr: u32,
+    /// Target port (network order).
+    pub port: u16,
+    /// `BACKEND_F_*` bits; 0 for an unused slot.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Address of the node the pod runs on (network order).
+    pub node_addr: u32,
+}
+
+/// A 5-tuple as seen on the wire (network order). Key of `XLB_CONNTRACK` (client → frontend)
+/// and of `XLB_REVNAT` (pod → client, i.e. the reply's tuple).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `XLB_CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    pub backend_id: u32,
+    pub frontend_id: u32,
+    /// `bpf_ktime_get_ns()` when the flow was first seen.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the latest packet.
+    pub last_seen_ns: u64,
+}
+
+/// Value of `XLB_REVNAT`: what the reply's source must become.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNatValue {
+    /// The address and port the client sent to (network order).
+    pub frontend_addr: u32,
+    pub frontend_port: u16,
+    pub _pad: u16,
+}
+
+/// Data of an `XLB_SRC_RANGES` LPM key: the service id (big endian, so it forms the first 32
+/// bits of the prefix) followed by the client address. Prefix length = 32 + CIDR length.
+/// Value: unused `u32` (presence means allowed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SrcRangeKey {
+    pub service_id_be: u32,
+    pub addr: u32,
+}
+
+/// Packets and bytes, the value of the per-CPU frontend and backend counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Index into `XLB_GLOBAL_STATS` (per-CPU `u64`): why a packet left the datapath the way it did.
+/// Every early exit of a program increments exactly one of these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 (ARP, LLDP, ...). Passed.
+    PassNotIpv4 = 0,
+    /// IPv6: not load-balanced yet. Passed.
+    PassIpv6 = 1,
+    /// IPv4 but neither TCP nor UDP. Passed.
+    PassNotL4 = 2,
+    /// No frontend for (dst, port, proto). Passed.
+    PassNoFrontend = 3,
+    /// An IPv4 fragment: not load-balanced. Passed.
+    PassFragment = 4,
+    /// Truncated or inconsistent headers. Passed (the kernel drops and counts them too).
+    PassMalformed = 5,
+    /// Source address outside `loadBalancerSourceRanges`. Dropped.
+    DropSourceRange = 6,
+    /// The frontend's Service has no usable backend. Dropped.
+    DropNoBackend = 7,
+    /// DNAT to a pod on this node, handed to the kernel to deliver.
+    FwdLocal = 8,
+    /// DNAT to a pod on another node, handed to the kernel's routing (until encapsulation).
+    FwdRemoteRouted = 9,
+    /// A new flow was recorded in conntrack (Maglev pick).
+    CtNew = 10,
+    /// A packet matched an existing conntrack entry.
+    CtHit = 11,
+    /// A flow's conntrack entry pointed to a backend that is gone: re-picked.
+    CtStaleBackend = 12,
+    /// conntrack or reverse-NAT insert failed. The packet is still forwarded.
+    CtInsertFailed = 13,
+    /// TC egress: a reply's source was rewritten to the frontend.
+    ReplyRewritten = 14,
+    /// TC egress: not one of our replies. Passed.
+    ReplyPass = 15,
+    /// The Maglev table of the Service is missing (being replaced). Passed... never: dropped.
+    DropNoTable = 16,
+}
+
+pub const REASON_COUNT: u32 = 17;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassNotIpv4,
+        Reason::PassIpv6,
+        Reason::PassNotL4,
+        Reason::PassNoFrontend,
+        Reason::PassFragment,
+        Reason::PassMalformed,
+        Reason::DropSourceRange,
+        Reason::DropNoBackend,
+        Reason::FwdLocal,
+        Reason::FwdRemoteRouted,
+        Reason::CtNew,
+        Reason::CtHit,
+        Reason::CtStaleBackend,
+        Reason::CtInsertFailed,
+        Reason::ReplyRewritten,
+        Reason::ReplyPass,
+        Reason::DropNoTable,
+    ];
+
+    /// Stable snake_case name used by the CLI, JSON output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassIpv6 => "pass_ipv6",
+            Reason::PassNotL4 => "pass_not_tcp_udp",
+            Reason::PassNoFrontend => "pass_no_frontend",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassMalformed => "pass_malformed",
+            Reason::DropSourceRange => "drop_source_range",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::FwdLocal => "forward_local",
+            Reason::FwdRemoteRouted => "forward_remote_routed",
+            Reason::CtNew => "conntrack_new",
+            Reason::CtHit => "conntrack_hit",
+            Reason::CtStaleBackend => "conntrack_stale_backend",
+            Reason::CtInsertFailed => "conntrack_insert_failed",
+            Reason::ReplyRewritten => "reply_rewritten",
+            Reason::ReplyPass => "reply_pass",
+            Reason::DropNoTable => "drop_no_table",
+        }
+    }
+}
+
+// Layout pins: the same sizes on the BPF target and the host.
+const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
+const _: () = assert!(core::mem::size_of::<FrontendValue>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 12);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+const _: () = assert!(core::mem::size_of::<RevNatValue>() == 8);
+const _: () = assert!(core::mem::size_of::<SrcRangeKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] plain old data with explicit padding fields, valid for
+    // any bit pattern.
+    unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for FrontendValue {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for RevNatValue {}
+    unsafe impl aya::Pod for SrcRangeKey {}
+    unsafe impl aya::Pod for Counter {}
+}

@@ -1,0 +1,62 @@
+//! TC egress: a reply from a backend pod to a client we load-balanced leaves with the frontend
+//! address and port the client used as its source.
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use lb_common::maps::{FlowKey, IPPROTO_UDP, Reason};
+
+use crate::{maps::XLB_REVNAT, parse, stats};
+
+const BPF_F_PSEUDO_HDR: u64 = 0x10;
+const BPF_F_MARK_MANGLED_0: u64 = 0x20;
+/// Ethernet + VLAN + the largest IPv4 header + a TCP header: what must be linear to parse.
+const MAX_HDR_LEN: u32 = 14 + 4 + 60 + 20;
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    // Headers may sit in paged data on egress: make them linear (never more than the packet).
+    let want = if ctx.len() < MAX_HDR_LEN { ctx.len() } else { MAX_HDR_LEN };
+    if ctx.data() + (want as usize) > ctx.data_end() && ctx.pull_data(want).is_err() {
+        stats::count(Reason::PassMalformed);
+        return TC_ACT_OK;
+    }
+    let hdr = match parse::parse(ctx.data(), ctx.data_end()) {
+        Ok(h) => h,
+        Err(_) => {
+            // Not load-balanced traffic; the ingress reasons are not counted twice here.
+            stats::count(Reason::ReplyPass);
+            return TC_ACT_OK;
+        }
+    };
+    let key = FlowKey {
+        src_addr: hdr.saddr,
+        dst_addr: hdr.daddr,
+        src_port: hdr.sport,
+        dst_port: hdr.dport,
+        proto: hdr.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out immediately.
+    let Some(rev) = (unsafe { XLB_REVNAT.get(&key) }).copied() else {
+        stats::count(Reason::ReplyPass);
+        return TC_ACT_OK;
+    };
+    if rewrite_snat(ctx, &hdr, rev.frontend_addr, rev.frontend_port).is_err() {
+        stats::count(Reason::PassMalformed);
+        return TC_ACT_OK;
+    }
+    stats::count(Reason::ReplyRewritten);
+    TC_ACT_OK
+}
+
+/// Source NAT back to the frontend through the kernel's checksum helpers, which also handle
+/// `CHECKSUM_PARTIAL` packets from local pods.
+#[inline(always)]
+fn rewrite_snat(ctx: &TcContext, hdr: &parse::Headers, addr: u32, port: u16) -> Result<(), i64> {
+    let l4_csum = hdr.l4_csum_off();
+    let mangled = if hdr.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 } else { 0 };
+    ctx.l4_csum_replace(l4_csum, hdr.saddr as u64, addr as u64, BPF_F_PSEUDO_HDR | mangled | 4)?;
+    ctx.l3_csum_replace(hdr.l3_off + 10, hdr.saddr as u64, addr as u64, 4)?;
+    ctx.store(hdr.l3_off + 12, &addr, 0)?;
+    ctx.l4_csum_replace(l4_csum, hdr.sport as u64, port as u64, mangled | 2)?;
+    ctx.store(hdr.l4_off, &port, 0)?;
+    Ok(())
+}
