@@ -58,6 +58,12 @@ pub const MAGLEV_DEFAULT_TABLE_SIZE: u32 = 16_381;
 pub const MAGLEV_MAX_TABLE_SIZE: u32 = 131_071;
 /// `BPF_F_INNER_MAP`: lets inner Maglev arrays differ in size from the template (kernel 5.10+).
 pub const BPF_F_INNER_MAP: u32 = 0x1000;
+/// `BPF_F_MMAPABLE`: user space writes and reads a whole table through one mapping instead of
+/// one syscall per slot (kernel 5.5+).
+pub const BPF_F_MMAPABLE: u32 = 0x400;
+/// Flags of every Maglev inner table; the kernel requires the template's and each inner map's
+/// flags to be equal.
+pub const MAGLEV_INNER_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 /// A Maglev slot that holds no backend (a Service with no usable endpoint).
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -97,6 +103,8 @@ pub type LocalAddrKey = u32;
 
 /// The backend runs on this node: DNAT and hand to the kernel, which routes to the pod.
 pub const BACKEND_F_LOCAL: u8 = 1;
+/// The backend runs on another node (reached through the kernel's routes until encapsulation).
+pub const BACKEND_F_REMOTE: u8 = 2;
 
 /// Value of `XLB_BACKENDS`, indexed by backend id.
 #[repr(C)]

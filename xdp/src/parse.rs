@@ -40,52 +40,82 @@ impl Headers {
     }
 }
 
+/// Copies a header of type `T` out of the packet at `ptr`, after the bounds check the verifier
+/// needs. One check per header keeps the compiler from merging checks across differently
+/// offset pointers, which the verifier cannot follow.
 #[inline(always)]
-fn load<T: Copy>(data: usize, data_end: usize, off: usize) -> Option<T> {
-    let start = data + off;
-    if start + core::mem::size_of::<T>() > data_end {
+fn read<T: Copy>(ptr: usize, data_end: usize) -> Option<T> {
+    if ptr + core::mem::size_of::<T>() > data_end {
         return None;
     }
     // SAFETY: bounds checked against data_end just above; unaligned read.
-    Some(unsafe { core::ptr::read_unaligned(start as *const T) })
+    Some(unsafe { core::ptr::read_unaligned(ptr as *const T) })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EthHdr {
+    _macs: [u8; 12],
+    ethertype: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct VlanTag {
+    _tci: u16,
+    ethertype: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    ver_ihl: u8,
+    _tos: u8,
+    tot_len: u16,
+    _id: u16,
+    frag_off: u16,
+    _ttl: u8,
+    proto: u8,
+    _check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+/// The first 14 bytes of TCP or 8 of UDP: ports, and for TCP the flags byte.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct L4Ports {
+    sport: u16,
+    dport: u16,
+    _seq_or_len: u32,
+    _ack: u32,
+    _off: u8,
+    flags: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UdpHdr {
+    sport: u16,
+    dport: u16,
+    _len: u16,
+    _check: u16,
 }
 
 /// Ethernet and at most one VLAN tag: returns (ethertype, offset of the L3 header).
 #[inline(always)]
 fn parse_eth(data: usize, data_end: usize) -> Result<(u16, usize), Reason> {
-    let ethertype = u16::from_be(load::<u16>(data, data_end, 12).ok_or(Reason::PassMalformed)?);
+    let eth = read::<EthHdr>(data, data_end).ok_or(Reason::PassMalformed)?;
+    let ethertype = u16::from_be(eth.ethertype);
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let inner = load::<u16>(data, data_end, ETH_HLEN + 2).ok_or(Reason::PassMalformed)?;
-        return Ok((u16::from_be(inner), ETH_HLEN + VLAN_HLEN));
+        let tag = read::<VlanTag>(data + ETH_HLEN, data_end).ok_or(Reason::PassMalformed)?;
+        return Ok((u16::from_be(tag.ethertype), ETH_HLEN + VLAN_HLEN));
     }
     Ok((ethertype, ETH_HLEN))
 }
 
-/// IPv4 header checks: returns the header length. Options are allowed and skipped.
-#[inline(always)]
-fn parse_ipv4(data: usize, data_end: usize, l3: usize) -> Result<usize, Reason> {
-    let ver_ihl = load::<u8>(data, data_end, l3).ok_or(Reason::PassMalformed)?;
-    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-    if ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
-        return Err(Reason::PassMalformed);
-    }
-    // The whole header, options included, must be in the frame.
-    if data + l3 + ihl > data_end {
-        return Err(Reason::PassMalformed);
-    }
-    let tot_len = u16::from_be(load::<u16>(data, data_end, l3 + 2).ok_or(Reason::PassMalformed)?)
-        as usize;
-    if tot_len < ihl || data + l3 + tot_len > data_end {
-        return Err(Reason::PassMalformed);
-    }
-    let frag = u16::from_be(load::<u16>(data, data_end, l3 + 6).ok_or(Reason::PassMalformed)?);
-    if frag & IP_MF_OFFSET != 0 {
-        return Err(Reason::PassFragment);
-    }
-    Ok(ihl)
-}
-
-/// Parses down to the L4 ports. `Err` carries the pass reason to count.
+/// Parses down to the L4 ports. `Err` carries the pass reason to count. IPv4 options are
+/// allowed and skipped.
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize) -> Result<Headers, Reason> {
     let (ethertype, l3_off) = parse_eth(data, data_end)?;
@@ -95,25 +125,47 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, Reason> {
     if ethertype != ETH_P_IP {
         return Err(Reason::PassNotIpv4);
     }
-    let ihl = parse_ipv4(data, data_end, l3_off)?;
-    let proto = load::<u8>(data, data_end, l3_off + 9).ok_or(Reason::PassMalformed)?;
-    let saddr = load::<u32>(data, data_end, l3_off + 12).ok_or(Reason::PassMalformed)?;
-    let daddr = load::<u32>(data, data_end, l3_off + 16).ok_or(Reason::PassMalformed)?;
-    let l4_off = l3_off + ihl;
-    let l4_len = match proto {
-        IPPROTO_TCP => TCP_MIN_HLEN,
-        IPPROTO_UDP => UDP_HLEN,
-        _ => return Err(Reason::PassNotL4),
-    };
-    if data + l4_off + l4_len > data_end {
+    let ip = read::<Ipv4Hdr>(data + l3_off, data_end).ok_or(Reason::PassMalformed)?;
+    let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
+    if ip.ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return Err(Reason::PassMalformed);
     }
-    let sport = load::<u16>(data, data_end, l4_off).ok_or(Reason::PassMalformed)?;
-    let dport = load::<u16>(data, data_end, l4_off + 2).ok_or(Reason::PassMalformed)?;
-    let tcp_flags = if proto == IPPROTO_TCP {
-        load::<u8>(data, data_end, l4_off + 13).ok_or(Reason::PassMalformed)?
-    } else {
-        0
+    let tot_len = u16::from_be(ip.tot_len) as usize;
+    // The datagram (options included) must be in the frame; trailing padding is allowed.
+    if tot_len < ihl || data + l3_off + tot_len > data_end {
+        return Err(Reason::PassMalformed);
+    }
+    if u16::from_be(ip.frag_off) & IP_MF_OFFSET != 0 {
+        return Err(Reason::PassFragment);
+    }
+    let l4_off = l3_off + ihl;
+    let (sport, dport, tcp_flags) = match ip.proto {
+        // The length checks against tot_len come after the reads: placed before, they would let
+        // the compiler drop the read's own bounds check, which the verifier needs to see.
+        IPPROTO_TCP => {
+            let l4 = read::<L4Ports>(data + l4_off, data_end).ok_or(Reason::PassMalformed)?;
+            if tot_len < ihl + TCP_MIN_HLEN {
+                return Err(Reason::PassMalformed);
+            }
+            (l4.sport, l4.dport, l4.flags)
+        }
+        IPPROTO_UDP => {
+            let l4 = read::<UdpHdr>(data + l4_off, data_end).ok_or(Reason::PassMalformed)?;
+            if tot_len < ihl + UDP_HLEN {
+                return Err(Reason::PassMalformed);
+            }
+            (l4.sport, l4.dport, 0)
+        }
+        _ => return Err(Reason::PassNotL4),
     };
-    Ok(Headers { l3_off, l4_off, saddr, daddr, sport, dport, proto, tcp_flags })
+    Ok(Headers {
+        l3_off,
+        l4_off,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport,
+        dport,
+        proto: ip.proto,
+        tcp_flags,
+    })
 }

@@ -1,0 +1,183 @@
+//! Loading the kernel programs, attaching them to interfaces, and adopting or removing what an
+//! earlier `xlb run` left attached.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::qdisc_add_clsact,
+    },
+};
+use lb_common::maps::{ALL_MAPS, MAP_CONNTRACK, MAP_REVNAT, PROG_TC_EGRESS, PROG_XDP};
+
+use crate::{datapath::Maps, pins};
+
+/// The kernel object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-xdp"));
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Pin maps here (created on first load, reused afterwards). `None`: private maps, for
+    /// packet tests.
+    pub pin_dir: Option<PathBuf>,
+    pub conntrack_size: u32,
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+/// Loads both programs and opens (or creates) their maps.
+pub fn load(opts: &LoadOptions) -> anyhow::Result<Loaded> {
+    if OBJECT.is_empty() {
+        bail!("this xlb binary was built without its kernel programs (AYA_BUILD_SKIP was set)");
+    }
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = &opts.pin_dir {
+        pins::require_bpffs(dir)?;
+        let maps_dir = pins::maps_dir(dir);
+        fs::create_dir_all(&maps_dir)
+            .with_context(|| format!("creating pin directory {}", maps_dir.display()))?;
+        for name in ALL_MAPS {
+            loader.map_pin_path(name, pins::map_pin(dir, name));
+        }
+    }
+    loader.map_max_entries(MAP_CONNTRACK, opts.conntrack_size);
+    loader.map_max_entries(MAP_REVNAT, opts.conntrack_size);
+    let mut ebpf = loader.load(OBJECT).map_err(|e| privilege_hint(e.into()))?;
+    xdp_program(&mut ebpf)?.load().context("loading the XDP program")?;
+    tc_program(&mut ebpf)?.load().context("loading the TC egress program")?;
+    let maps = Maps::from_ebpf(&mut ebpf)?;
+    Ok(Loaded { ebpf, maps })
+}
+
+fn privilege_hint(e: anyhow::Error) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    if msg.contains("Operation not permitted") || msg.contains("EPERM") {
+        e.context("loading the kernel programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)")
+    } else {
+        e.context("loading the kernel programs")
+    }
+}
+
+pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    Ok(ebpf.program_mut(PROG_XDP).context("object has no XDP program")?.try_into()?)
+}
+
+pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    Ok(ebpf.program_mut(PROG_TC_EGRESS).context("object has no TC program")?.try_into()?)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Attached now, link pinned.
+    Attached,
+    /// A pinned link from an earlier run is still in place and was kept.
+    Adopted,
+}
+
+/// Fails with one clear line when `iface` does not exist in this network namespace.
+pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(iface).context("interface name contains NUL")?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("unknown interface {iface:?} in this network namespace");
+    }
+    Ok(idx)
+}
+
+/// Attaches XDP ingress and TC egress to `iface` and pins both links, or adopts the links a
+/// previous run pinned (the datapath and its conntrack carry on untouched).
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    iface: &str,
+    mode: XdpMode,
+) -> anyhow::Result<Attachment> {
+    ifindex(iface)?;
+    fs::create_dir_all(pins::links_dir(pin_dir))?;
+    let xdp_pin = pins::xdp_link_pin(pin_dir, iface);
+    let tc_pin = pins::tc_link_pin(pin_dir, iface);
+    let mut outcome = Attachment::Adopted;
+    if PinnedLink::from_pin(&xdp_pin).is_err() {
+        let prog = xdp_program(ebpf)?;
+        let id = prog
+            .attach(iface, mode)
+            .with_context(|| format!("attaching XDP to {iface} (mode {mode:?})"))?;
+        let link: FdLink = prog.take_link(id)?.try_into().context("XDP link is not a bpf_link")?;
+        link.pin(&xdp_pin).with_context(|| format!("pinning {}", xdp_pin.display()))?;
+        outcome = Attachment::Attached;
+    }
+    if PinnedLink::from_pin(&tc_pin).is_err() {
+        // clsact only matters for the netlink fallback on kernels without TCX; EEXIST is fine.
+        let _ = qdisc_add_clsact(iface);
+        let prog = tc_program(ebpf)?;
+        let id = prog
+            .attach(iface, TcAttachType::Egress)
+            .with_context(|| format!("attaching TC egress to {iface}"))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("TC link is not a bpf_link (kernel without TCX?)")?;
+        link.pin(&tc_pin).with_context(|| format!("pinning {}", tc_pin.display()))?;
+        outcome = Attachment::Attached;
+    }
+    Ok(outcome)
+}
+
+/// Whether a pinned XDP link for `iface` exists under `pin_dir`.
+pub fn is_attached(pin_dir: &Path, iface: &str) -> bool {
+    PinnedLink::from_pin(pins::xdp_link_pin(pin_dir, iface)).is_ok()
+}
+
+/// Detaches `iface`; when no interface is left, removes the map pins too (conntrack included).
+/// Returns whether anything was attached.
+pub fn down(pin_dir: &Path, iface: &str) -> anyhow::Result<bool> {
+    pins::require_bpffs(pin_dir)?;
+    let mut found = false;
+    for pin in [pins::xdp_link_pin(pin_dir, iface), pins::tc_link_pin(pin_dir, iface)] {
+        if let Ok(link) = PinnedLink::from_pin(&pin) {
+            // Unpinning drops the last reference to the bpf_link, which detaches it.
+            let fd: FdLink = link.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+            drop(fd);
+            found = true;
+        }
+    }
+    let links_left = fs::read_dir(pins::links_dir(pin_dir)).map(|d| d.count()).unwrap_or(0);
+    if links_left == 0 && pin_dir.exists() {
+        remove_pins(pin_dir)?;
+    }
+    Ok(found)
+}
+
+/// Removes every pin under `pin_dir` and the directory itself.
+pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
+    for sub in [pins::maps_dir(pin_dir), pins::links_dir(pin_dir)] {
+        if let Ok(entries) = fs::read_dir(&sub) {
+            for e in entries.flatten() {
+                fs::remove_file(e.path())
+                    .with_context(|| format!("removing pin {}", e.path().display()))?;
+            }
+            let _ = fs::remove_dir(&sub);
+        }
+    }
+    let _ = fs::remove_dir(pin_dir);
+    // Empty parents up to /sys/fs/bpf/xlb.
+    let mut p = pin_dir.parent();
+    while let Some(dir) = p {
+        if dir == Path::new(pins::BPFFS_ROOT) || fs::remove_dir(dir).is_err() {
+            break;
+        }
+        p = dir.parent();
+    }
+    let _ = fs::remove_file(pins::state_file(pin_dir));
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Where the datapath's pins live, and the checks that make failures there readable.
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use lb_common::maps::LAYOUT_VERSION;
+
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The pin directory for this process's network namespace:
+/// `/sys/fs/bpf/xlb/<netns inode>/<layout version>`, so several lab nodes on one host (one
+/// `xlb run` per namespace) never share maps, and a CLI started in a namespace finds that
+/// namespace's datapath without flags.
+pub fn default_pin_dir() -> anyhow::Result<PathBuf> {
+    let ino = std::fs::metadata("/proc/self/ns/net")
+        .context("reading /proc/self/ns/net to key the pin directory")?
+        .ino();
+    Ok(PathBuf::from(BPFFS_ROOT).join("xlb").join(ino.to_string()).join(LAYOUT_VERSION))
+}
+
+pub fn resolve(pin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match pin_dir {
+        Some(p) => Ok(p.to_path_buf()),
+        None => default_pin_dir(),
+    }
+}
+
+/// Fails with one clear line unless `dir`'s filesystem (or its nearest existing parent's) is
+/// bpffs.
+pub fn require_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = match probe.parent() {
+            Some(p) => p,
+            None => break,
+        };
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs writes into the zeroed struct we own; c is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        bail!("cannot stat {}: {}", probe.display(), std::io::Error::last_os_error());
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a BPF filesystem (bpffs not mounted? run `mount -t bpf bpf {BPFFS_ROOT}`; \
+             inside a lab namespace use `nsenter --net=...`, not `ip netns exec`, which hides it)",
+            probe.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
+}
+
+pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    maps_dir(pin_dir).join(name)
+}
+
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+pub fn xdp_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    links_dir(pin_dir).join(format!("xdp-{iface}"))
+}
+
+pub fn tc_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    links_dir(pin_dir).join(format!("tc-egress-{iface}"))
+}
+
+/// Names and ids the maps cannot hold (Service names, backend ownership) are written by
+/// `xlb run` here, next to nothing on bpffs, which only holds BPF objects.
+pub fn state_file(pin_dir: &Path) -> PathBuf {
+    let flat: String = pin_dir
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c == '/' { '_' } else { c })
+        .collect();
+    PathBuf::from("/run/xlb").join(flat).join("state.json")
+}
