@@ -12,7 +12,7 @@ use lb_common::maps::*;
 
 use crate::pins;
 
-pub type MaglevInner = Array<MapData, u32>;
+pub type MaglevInner = Array<MapData, MaglevPair>;
 
 /// Every map of the datapath.
 pub struct Maps {

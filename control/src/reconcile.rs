@@ -120,7 +120,7 @@ impl Reconciler {
             }
             match maps.maglev.get(&v.service_id, 0) {
                 Ok(inner) => {
-                    tables.insert(v.service_id, table_map::read(&inner)?);
+                    tables.insert(v.service_id, table_map::read(&inner, v.table_size)?);
                 }
                 Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).context("reading XLB_MAGLEV"),

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, IterableMap, MapData};
-use lb_common::maps::MAGLEV_INNER_FLAGS;
+use lb_common::maps::{MAGLEV_INNER_FLAGS, MAGLEV_SLOTS_PER_ELEM, MaglevPair, NO_BACKEND, maglev_elems};
 
 use crate::datapath::MaglevInner;
 
@@ -16,9 +16,10 @@ struct Mapping {
 }
 
 impl Mapping {
-    fn new(map: &MapData, entries: u32, writable: bool) -> anyhow::Result<Self> {
+    /// Maps `elems` elements of 8 bytes (two slots each).
+    fn new(map: &MapData, elems: u32, writable: bool) -> anyhow::Result<Self> {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (entries as usize * 4).div_ceil(page) * page;
+        let len = (elems as usize * size_of::<MaglevPair>()).div_ceil(page) * page;
         let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: mapping a BPF array fd of at least `len` bytes; checked for MAP_FAILED.
@@ -29,9 +30,11 @@ impl Mapping {
         Ok(Self { ptr, len })
     }
 
-    fn slots(&self, entries: u32) -> &mut [u32] {
-        // SAFETY: the mapping covers `entries` u32s and lives as long as `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u32>(), entries as usize) }
+    /// The slots of `elems` elements: element stride is 8 bytes, so they are contiguous u32s.
+    fn slots(&self, elems: u32) -> &mut [u32] {
+        let n = (elems * MAGLEV_SLOTS_PER_ELEM) as usize;
+        // SAFETY: the mapping covers `elems` 8-byte elements and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u32>(), n) }
     }
 }
 
@@ -44,18 +47,24 @@ impl Drop for Mapping {
 
 /// A new table of `slots.len()` entries holding `slots`, ready to be swapped into `XLB_MAGLEV`.
 pub fn create(slots: &[u32]) -> anyhow::Result<MaglevInner> {
-    let n = u32::try_from(slots.len()).context("table too large")?;
+    let m = u32::try_from(slots.len()).context("table too large")?;
+    let elems = maglev_elems(m);
     let table: MaglevInner =
-        Array::create(n, MAGLEV_INNER_FLAGS).context("creating a Maglev table map")?;
-    let m = Mapping::new(IterableMap::map(&table), n, true)?;
-    m.slots(n).copy_from_slice(slots);
-    drop(m);
+        Array::create(elems, MAGLEV_INNER_FLAGS).context("creating a Maglev table map")?;
+    let map = Mapping::new(IterableMap::map(&table), elems, true)?;
+    let view = map.slots(elems);
+    view[..slots.len()].copy_from_slice(slots);
+    view[slots.len()..].fill(NO_BACKEND);
+    drop(map);
     Ok(table)
 }
 
-/// The slots of an existing table.
-pub fn read(table: &MaglevInner) -> anyhow::Result<Vec<u32>> {
-    let n = table.len();
-    let m = Mapping::new(IterableMap::map(table), n, false)?;
-    Ok(m.slots(n).to_vec())
+/// The first `m` slots of an existing table (`m` = the table size its frontends carry).
+pub fn read(table: &MaglevInner, m: u32) -> anyhow::Result<Vec<u32>> {
+    let elems = table.len();
+    if maglev_elems(m) > elems {
+        anyhow::bail!("Maglev table has {elems} elements, fewer than {m} slots need");
+    }
+    let map = Mapping::new(IterableMap::map(table), elems, false)?;
+    Ok(map.slots(elems)[..m as usize].to_vec())
 }

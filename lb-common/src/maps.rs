@@ -66,6 +66,18 @@ pub const BPF_F_MMAPABLE: u32 = 0x400;
 pub const MAGLEV_INNER_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 /// A Maglev slot that holds no backend (a Service with no usable endpoint).
 pub const NO_BACKEND: u32 = u32::MAX;
+/// Maglev slots per element of an inner table. BPF arrays store each element at an 8-byte
+/// stride, so a table of `u32` slots would waste half its memory; two slots share an element
+/// (slot `s` is half `s & 1` of element `s >> 1`), which also makes the mmap view of a table a
+/// plain contiguous `[u32]`.
+pub const MAGLEV_SLOTS_PER_ELEM: u32 = 2;
+/// One element of a Maglev inner table: two consecutive slots.
+pub type MaglevPair = [u32; 2];
+
+/// Elements an inner table needs for `m` slots (the odd last half is `NO_BACKEND`).
+pub const fn maglev_elems(m: u32) -> u32 {
+    m.div_ceil(MAGLEV_SLOTS_PER_ELEM)
+}
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;

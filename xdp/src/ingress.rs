@@ -140,7 +140,11 @@ fn maglev_pick(hdr: &Headers, fe: &FrontendValue) -> Result<u32, Reason> {
         hdr.proto,
     );
     let slot = h % fe.table_size;
-    let id = *XLB_MAGLEV.get_value(fe.service_id, &slot).ok_or(Reason::DropNoTable)?;
+    let pair = *XLB_MAGLEV.get_value(fe.service_id, &(slot >> 1)).ok_or(Reason::DropNoTable)?;
+    // Select the half with shifts, not an index: the compiler turns an index into a pointer
+    // `or`, which the verifier rejects.
+    let both = pair[0] as u64 | ((pair[1] as u64) << 32);
+    let id = (both >> ((slot & 1) * 32)) as u32;
     if id == NO_BACKEND {
         return Err(Reason::DropNoBackend);
     }

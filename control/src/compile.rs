@@ -1,0 +1,672 @@
+//! `compile()`: the pure step from cluster state to what one node's datapath should hold.
+//!
+//! [`compile`] reads Services, EndpointSlices and Nodes from a [`ClusterState`] and produces a
+//! [`DatapathPlan`]: per service port its frontends, its backends in canonical Maglev order and
+//! its Maglev table. It does no I/O, reads no clock and iterates only ordered maps, so the same
+//! state and identity give the same plan on every call and every node.
+//!
+//! The semantics are kube-proxy's wherever kube-proxy defines them (see `docs/manifests.md` for
+//! the full list):
+//!
+//! * Skipped entirely: Services labelled `service.kubernetes.io/service-proxy-name` (another
+//!   proxy owns them), `type: ExternalName`, headless Services (`clusterIP: None`), and
+//!   single-stack IPv6 Services.
+//! * Frontends per `spec.ports[]` entry (TCP or UDP; default TCP): the IPv4
+//!   `status.loadBalancer.ingress[].ip`s of a `LoadBalancer` Service (except `ipMode: Proxy`),
+//!   the IPv4 `spec.externalIPs` of any Service, and the `nodePort` of a `NodePort` or
+//!   `LoadBalancer` Service whenever it is set (also with `allocateLoadBalancerNodePorts: false`).
+//! * Backends from the Service's IPv4 EndpointSlices: the slice port with the service port's name
+//!   and protocol gives the target port for that slice's endpoints. Ready endpoints take new
+//!   flows; with none ready, serving+terminating ones do; other terminating ones stay listed with
+//!   weight 0 so established flows keep them.
+//! * `loadBalancerSourceRanges` apply to the load-balancer frontends only.
+//!
+//! Input that cannot be used is skipped with a line in [`DatapathPlan::warnings`]; compile never
+//! fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::Endpoint;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lb_common::maglev::{self, MaglevBackend};
+use lb_common::maps::{MAGLEV_DEFAULT_TABLE_SIZE, NO_BACKEND};
+
+use crate::cluster::{ClusterState, ObjectKey};
+use crate::plan::{
+    BackendPlan, BackendState, DatapathPlan, FrontendKind, FrontendPlan, NodeIdentity, Protocol,
+    ServicePlan, ServicePortKey,
+};
+
+/// Services with this label belong to another proxy; kube-proxy (and xlb) leave them alone.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+
+/// Compiles the cluster state into this node's datapath plan. Pure and deterministic.
+pub fn compile(state: &ClusterState, node: &NodeIdentity) -> DatapathPlan {
+    let mut warnings = Vec::new();
+    let table_size = match maglev::check_table_size(node.table_size) {
+        Ok(()) => node.table_size,
+        Err(e) => {
+            // The CLI validates the size; this keeps the plan well-formed if it did not.
+            warnings.push(format!(
+                "{e}; using the default table size {MAGLEV_DEFAULT_TABLE_SIZE}"
+            ));
+            MAGLEV_DEFAULT_TABLE_SIZE
+        }
+    };
+    let mut compiler = Compiler {
+        state,
+        node,
+        table_size,
+        plan: DatapathPlan {
+            warnings,
+            ..DatapathPlan::default()
+        },
+        claimed: BTreeMap::new(),
+        unknown_nodes: BTreeSet::new(),
+    };
+    compiler.local_addrs();
+    for (key, service) in state.services() {
+        compiler.service(key, service);
+    }
+    if !compiler.unknown_nodes.is_empty() {
+        let names: Vec<&str> = compiler.unknown_nodes.iter().map(String::as_str).collect();
+        compiler.plan.warnings.push(format!(
+            "backends run on Node(s) not in the cluster state, so without a node address: {}",
+            names.join(", ")
+        ));
+    }
+    compiler.plan
+}
+
+struct Compiler<'a> {
+    state: &'a ClusterState,
+    node: &'a NodeIdentity,
+    table_size: u32,
+    plan: DatapathPlan,
+    /// Datapath frontend keys (addr or NodePort wildcard, port, protocol) already taken, and by
+    /// whom: the first service port in key order keeps a contested frontend.
+    claimed: BTreeMap<(Option<Ipv4Addr>, u16, Protocol), ServicePortKey>,
+    /// Nodes named by remote endpoints that the state does not hold.
+    unknown_nodes: BTreeSet<String>,
+}
+
+/// What a Service contributes to all of its ports.
+struct ServiceFrontends {
+    lb_ips: Vec<Ipv4Addr>,
+    external_ips: Vec<Ipv4Addr>,
+    node_ports: bool,
+    source_ranges: Vec<(Ipv4Addr, u8)>,
+}
+
+/// An endpoint's conditions, best first (the order matters: duplicates keep the best).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Condition {
+    Ready,
+    ServingTerminating,
+    Terminating,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    condition: Condition,
+    node_name: Option<String>,
+}
+
+impl Compiler<'_> {
+    fn warn(&mut self, message: String) {
+        self.plan.warnings.push(message);
+    }
+
+    fn local_addrs(&mut self) {
+        match self.state.node(&self.node.node_name) {
+            Some(node) => {
+                let addrs = node_addresses(node, &["InternalIP", "ExternalIP"]);
+                self.plan.local_addrs.extend(addrs);
+            }
+            None => self.warn(format!(
+                "Node {} is not in the cluster state: NodePorts match only the --iface addresses",
+                self.node.node_name
+            )),
+        }
+        self.plan
+            .local_addrs
+            .extend(self.node.extra_local_addrs.iter().copied());
+    }
+
+    fn service(&mut self, key: &ObjectKey, service: &Service) {
+        if service
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME))
+        {
+            return;
+        }
+        let Some(spec) = service.spec.as_ref() else {
+            return;
+        };
+        let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if service_type == "ExternalName" || spec.cluster_ip.as_deref() == Some("None") {
+            return;
+        }
+        let is_load_balancer = service_type == "LoadBalancer";
+        let is_node_port = is_load_balancer || service_type == "NodePort";
+        let has_external_ips = spec
+            .external_ips
+            .as_ref()
+            .is_some_and(|ips| !ips.is_empty());
+        if !serves_ipv4(spec) {
+            if is_node_port || has_external_ips {
+                self.warn(format!(
+                    "{key}: single-stack IPv6 Service: xlb load-balances IPv4 only; skipped"
+                ));
+            }
+            return;
+        }
+
+        let mut ipv6_ignored = Vec::new();
+        let mut frontends = ServiceFrontends {
+            lb_ips: Vec::new(),
+            external_ips: Vec::new(),
+            node_ports: is_node_port,
+            source_ranges: Vec::new(),
+        };
+        if is_load_balancer {
+            let ingress = service
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref());
+            for ingress in ingress.into_iter().flatten() {
+                // kube-proxy programs only VIP-mode ingress IPs: with `ipMode: Proxy` the load
+                // balancer proxies and packets arrive addressed to the node.
+                if ingress.ip_mode.as_deref() == Some("Proxy") {
+                    continue;
+                }
+                let Some(ip) = ingress.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+                    continue;
+                };
+                match ip.trim().parse::<IpAddr>() {
+                    Ok(IpAddr::V4(v4)) => frontends.lb_ips.push(v4),
+                    Ok(IpAddr::V6(_)) => ipv6_ignored.push(format!("load-balancer ingress {ip}")),
+                    Err(_) => self.warn(format!(
+                        "{key}: invalid load-balancer ingress IP {ip:?} ignored"
+                    )),
+                }
+            }
+            for range in spec.load_balancer_source_ranges.iter().flatten() {
+                match parse_cidr(range) {
+                    Ok(Some(cidr)) => frontends.source_ranges.push(cidr),
+                    Ok(None) => ipv6_ignored.push(format!("source range {range}")),
+                    Err(()) => self.warn(format!(
+                        "{key}: invalid loadBalancerSourceRanges entry {range:?} ignored"
+                    )),
+                }
+            }
+            frontends.source_ranges.sort();
+            frontends.source_ranges.dedup();
+        }
+        for ip in spec.external_ips.iter().flatten() {
+            match ip.trim().parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => frontends.external_ips.push(v4),
+                Ok(IpAddr::V6(_)) => ipv6_ignored.push(format!("external IP {ip}")),
+                Err(_) => self.warn(format!("{key}: invalid externalIPs entry {ip:?} ignored")),
+            }
+        }
+        if !ipv6_ignored.is_empty() {
+            self.warn(format!(
+                "{key}: IPv6 is not load-balanced; ignored {}",
+                ipv6_ignored.join(", ")
+            ));
+        }
+
+        let mut seen_ports = BTreeSet::new();
+        for (index, port) in spec.ports.iter().flatten().enumerate() {
+            let port_name = port.name.clone().unwrap_or_default();
+            let shown = if port_name.is_empty() {
+                format!("ports[{index}]")
+            } else {
+                format!("port {port_name:?}")
+            };
+            let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
+            let Some(protocol) = Protocol::from_k8s(protocol_name) else {
+                self.warn(format!(
+                    "{key}: {shown}: protocol {protocol_name} is not supported (TCP and UDP are); \
+                     skipped"
+                ));
+                continue;
+            };
+            let port_key = ServicePortKey {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                port_name,
+                protocol,
+            };
+            if !seen_ports.insert(port_key.clone()) {
+                self.warn(format!(
+                    "{port_key}: defined twice in spec.ports; the first one is used"
+                ));
+                continue;
+            }
+            self.service_port(&port_key, port, &frontends);
+        }
+    }
+
+    fn service_port(&mut self, key: &ServicePortKey, port: &ServicePort, svc: &ServiceFrontends) {
+        let Some(service_port) = valid_port(port.port) else {
+            self.warn(format!(
+                "{key}: port {} is out of range; skipped",
+                port.port
+            ));
+            return;
+        };
+
+        // ---- frontends ----
+        let ranges_apply = !svc.source_ranges.is_empty();
+        let mut frontends: Vec<FrontendPlan> = Vec::new();
+        for &ip in &svc.lb_ips {
+            frontends.push(FrontendPlan {
+                addr: Some(ip),
+                port: service_port,
+                kind: FrontendKind::LoadBalancer,
+                source_ranges_apply: ranges_apply,
+            });
+        }
+        for &ip in &svc.external_ips {
+            frontends.push(FrontendPlan {
+                addr: Some(ip),
+                port: service_port,
+                kind: FrontendKind::ExternalIp,
+                source_ranges_apply: false,
+            });
+        }
+        match port.node_port {
+            None | Some(0) => {}
+            Some(node_port) if svc.node_ports => match valid_port(node_port) {
+                Some(node_port) => frontends.push(FrontendPlan {
+                    addr: None,
+                    port: node_port,
+                    kind: FrontendKind::NodePort,
+                    source_ranges_apply: false,
+                }),
+                None => self.warn(format!("{key}: nodePort {node_port} is out of range; ignored")),
+            },
+            Some(node_port) => self.warn(format!(
+                "{key}: nodePort {node_port} ignored: only NodePort and LoadBalancer Services get NodePorts"
+            )),
+        }
+        frontends.sort_by_key(|f| (f.kind, f.addr, f.port));
+        let mut kept: Vec<FrontendPlan> = Vec::with_capacity(frontends.len());
+        for frontend in frontends {
+            let shown = show_frontend(&frontend, key.protocol);
+            if let Some(first) = kept
+                .iter()
+                .find(|k| (k.addr, k.port) == (frontend.addr, frontend.port))
+            {
+                // The same address listed twice is harmless; as both kinds, the load-balancer
+                // one (sorted first) wins, so its source ranges stay enforced.
+                if first.kind != frontend.kind {
+                    self.warn(format!(
+                        "{key}: {shown} is both a load-balancer ingress IP and an external IP; \
+                         kept as load-balancer"
+                    ));
+                }
+                continue;
+            }
+            let claim = (frontend.addr, frontend.port, key.protocol);
+            if let Some(owner) = self.claimed.get(&claim) {
+                let owner = owner.clone();
+                self.warn(format!(
+                    "{key}: frontend {shown} is already used by {owner}; ignored here"
+                ));
+                continue;
+            }
+            self.claimed.insert(claim, key.clone());
+            kept.push(frontend);
+        }
+        if kept.is_empty() {
+            return;
+        }
+
+        // ---- backends ----
+        let candidates = self.candidates(key, port);
+        let mut backends = self.select_backends(candidates);
+
+        // Hook for per-Service traffic policies (not implemented yet; nothing reads these
+        // fields today): `externalTrafficPolicy: Local` would restrict NodePort/LoadBalancer
+        // frontends to `local` backends here (kube-proxy computes the terminating fallback over
+        // the local endpoints only), and `sessionAffinity: ClientIP` would become a field of
+        // `ServicePlan` set here.
+
+        backends.sort_by_key(|b| (b.addr, b.port));
+        let maglev_backends: Vec<MaglevBackend> = backends
+            .iter()
+            .map(|b| MaglevBackend::from_ipv4(b.addr, b.port, b.weight))
+            .collect();
+        let table = match maglev::build_table(&maglev_backends, self.table_size) {
+            Ok(table) => {
+                let (canonical, slots) = table.into_parts();
+                debug_assert!(
+                    canonical
+                        .iter()
+                        .zip(&backends)
+                        .all(|(m, b)| (m.ipv4(), m.port) == (b.addr, b.port))
+                );
+                slots
+            }
+            Err(e) => {
+                // Unreachable with deduplicated backends and a checked size; stay well-formed.
+                self.warn(format!("{key}: {e}; the service port gets an empty table"));
+                vec![NO_BACKEND; self.table_size as usize]
+            }
+        };
+        let source_ranges = if kept.iter().any(|f| f.source_ranges_apply) {
+            svc.source_ranges.clone()
+        } else {
+            Vec::new()
+        };
+        self.plan.services.insert(
+            key.clone(),
+            ServicePlan {
+                frontends: kept,
+                backends,
+                table,
+                table_size: self.table_size,
+                source_ranges,
+            },
+        );
+    }
+
+    /// The endpoints of a service port, deduplicated by address and target port, with their best
+    /// condition. Not-ready endpoints that are not terminating are left out.
+    fn candidates(
+        &mut self,
+        key: &ServicePortKey,
+        port: &ServicePort,
+    ) -> BTreeMap<(Ipv4Addr, u16), Candidate> {
+        // The target port to use when a slice's matching port entry has no number.
+        let fallback_target = match &port.target_port {
+            None => valid_port(port.port),
+            Some(IntOrString::Int(n)) => valid_port(*n),
+            Some(IntOrString::String(s)) => s.parse::<i32>().ok().and_then(valid_port),
+        };
+        let mut found: BTreeMap<(Ipv4Addr, u16), Candidate> = BTreeMap::new();
+        for slice in self.state.endpoint_slices_for(&key.namespace, &key.name) {
+            if slice.address_type != "IPv4" {
+                continue;
+            }
+            let slice_name = slice.metadata.name.as_deref().unwrap_or_default();
+            // kube-proxy matches slice ports to service ports by name and protocol; the slice's
+            // number is the resolved targetPort (named or not) for the endpoints in this slice.
+            let entry = slice.ports.iter().flatten().find(|p| {
+                p.name.as_deref().unwrap_or_default() == key.port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == key.protocol.as_str()
+            });
+            let Some(entry) = entry else { continue };
+            let target = match entry.port {
+                Some(n) => match valid_port(n) {
+                    Some(p) => p,
+                    None => {
+                        self.warn(format!(
+                            "{key}: EndpointSlice {slice_name}: port {n} is out of range; slice ignored"
+                        ));
+                        continue;
+                    }
+                },
+                None => match fallback_target {
+                    Some(p) => p,
+                    None => {
+                        self.warn(format!(
+                            "{key}: EndpointSlice {slice_name} gives no port number for the named targetPort; \
+                             slice ignored"
+                        ));
+                        continue;
+                    }
+                },
+            };
+            for endpoint in slice.endpoints.iter().flatten() {
+                let Some(condition) = condition(endpoint) else {
+                    continue;
+                };
+                let Some(address) = endpoint.addresses.first() else {
+                    continue;
+                };
+                // Consumers use only the first address (the API says they are fungible).
+                let addr = match address.parse::<Ipv4Addr>() {
+                    Ok(a) => a,
+                    Err(_) => {
+                        self.warn(format!(
+                            "{key}: EndpointSlice {slice_name}: endpoint address {address:?} is not IPv4; ignored"
+                        ));
+                        continue;
+                    }
+                };
+                let candidate = Candidate {
+                    condition,
+                    node_name: endpoint.node_name.clone(),
+                };
+                match found.get_mut(&(addr, target)) {
+                    // The same endpoint in two slices (slices being rebalanced): keep the best
+                    // condition, like kube-proxy where the ready copy wins.
+                    Some(existing) => {
+                        if candidate.condition < existing.condition {
+                            *existing = Candidate {
+                                node_name: candidate.node_name.or(existing.node_name.take()),
+                                ..candidate
+                            };
+                        } else if existing.node_name.is_none() {
+                            existing.node_name = candidate.node_name;
+                        }
+                    }
+                    None => {
+                        found.insert((addr, target), candidate);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Weights and states: ready endpoints take new flows; with none ready, serving+terminating
+    /// ones do (kube-proxy's fallback); every other terminating endpoint is kept with weight 0.
+    fn select_backends(
+        &mut self,
+        candidates: BTreeMap<(Ipv4Addr, u16), Candidate>,
+    ) -> Vec<BackendPlan> {
+        let any_ready = candidates.values().any(|c| c.condition == Condition::Ready);
+        candidates
+            .into_iter()
+            .map(|((addr, port), candidate)| {
+                let (state, weight) = match candidate.condition {
+                    Condition::Ready => (BackendState::Ready, 1),
+                    Condition::ServingTerminating if !any_ready => (BackendState::Terminating, 1),
+                    Condition::ServingTerminating | Condition::Terminating => {
+                        (BackendState::Terminating, 0)
+                    }
+                };
+                let local = candidate.node_name.as_deref() == Some(self.node.node_name.as_str());
+                let node_addr =
+                    candidate
+                        .node_name
+                        .as_deref()
+                        .and_then(|name| match self.state.node(name) {
+                            Some(node) => node_addresses(node, &["InternalIP"]).into_iter().next(),
+                            None => {
+                                if !local {
+                                    self.unknown_nodes.insert(name.to_owned());
+                                }
+                                None
+                            }
+                        });
+                BackendPlan {
+                    addr,
+                    port,
+                    node_name: candidate.node_name,
+                    node_addr,
+                    local,
+                    weight,
+                    state,
+                }
+            })
+            .collect()
+    }
+}
+
+/// An endpoint's condition as kube-proxy reads it (`ready` and `serving` unset mean true,
+/// `terminating` unset means false); `None` for one that is neither ready nor terminating.
+fn condition(endpoint: &Endpoint) -> Option<Condition> {
+    let c = endpoint.conditions.as_ref();
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    let serving = c.and_then(|c| c.serving).unwrap_or(true);
+    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+    match (ready, serving, terminating) {
+        (true, _, _) => Some(Condition::Ready),
+        (false, true, true) => Some(Condition::ServingTerminating),
+        (false, false, true) => Some(Condition::Terminating),
+        (false, _, false) => None,
+    }
+}
+
+/// Whether kube-proxy's IPv4 proxier would handle the Service: `ipFamilies` lists IPv4, or
+/// (without `ipFamilies`) the cluster IP(s) include an IPv4 address, or (without either, as in a
+/// hand-written manifest) it is assumed IPv4.
+fn serves_ipv4(spec: &ServiceSpec) -> bool {
+    if let Some(families) = spec.ip_families.as_ref().filter(|f| !f.is_empty()) {
+        return families.iter().any(|f| f == "IPv4");
+    }
+    let ips: Vec<&str> = match spec.cluster_ips.as_ref().filter(|ips| !ips.is_empty()) {
+        Some(ips) => ips.iter().map(String::as_str).collect(),
+        None => spec.cluster_ip.iter().map(String::as_str).collect(),
+    };
+    let ips: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    ips.is_empty() || ips.iter().any(IpAddr::is_ipv4)
+}
+
+/// The IPv4 addresses of a Node of the given `status.addresses` types, in the Node's order.
+fn node_addresses(node: &Node, types: &[&str]) -> Vec<Ipv4Addr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| types.contains(&a.type_.as_str()))
+        .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
+        .collect()
+}
+
+fn valid_port(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|&p| p != 0)
+}
+
+/// Parses a CIDR like Go's `net.ParseCIDR` (host bits are masked off): `Ok(Some)` for IPv4,
+/// `Ok(None)` for a valid IPv6 CIDR, `Err` for anything else.
+fn parse_cidr(s: &str) -> Result<Option<(Ipv4Addr, u8)>, ()> {
+    let (addr, len) = s.trim().split_once('/').ok_or(())?;
+    let len: u8 = if !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) {
+        len.parse().map_err(|_| ())?
+    } else {
+        return Err(());
+    };
+    match addr.parse::<IpAddr>().map_err(|_| ())? {
+        IpAddr::V4(v4) if len <= 32 => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            Ok(Some((Ipv4Addr::from(u32::from(v4) & mask), len)))
+        }
+        IpAddr::V6(_) if len <= 128 => Ok(None),
+        _ => Err(()),
+    }
+}
+
+fn show_frontend(frontend: &FrontendPlan, protocol: Protocol) -> String {
+    match frontend.addr {
+        Some(addr) => format!("{addr}:{}/{protocol}", frontend.port),
+        None => format!("NodePort {}/{protocol}", frontend.port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::discovery::v1::EndpointConditions;
+
+    #[test]
+    fn cidrs_parse_like_go() {
+        assert_eq!(
+            parse_cidr("198.18.0.0/15"),
+            Ok(Some((Ipv4Addr::new(198, 18, 0, 0), 15)))
+        );
+        assert_eq!(
+            parse_cidr(" 198.18.7.9/16 "),
+            Ok(Some((Ipv4Addr::new(198, 18, 0, 0), 16)))
+        );
+        assert_eq!(
+            parse_cidr("0.0.0.0/0"),
+            Ok(Some((Ipv4Addr::UNSPECIFIED, 0)))
+        );
+        assert_eq!(
+            parse_cidr("198.18.0.1/32"),
+            Ok(Some((Ipv4Addr::new(198, 18, 0, 1), 32)))
+        );
+        assert_eq!(parse_cidr("2001:db8::/32"), Ok(None));
+        assert_eq!(parse_cidr("198.18.0.1"), Err(()));
+        assert_eq!(parse_cidr("198.18.0.0/33"), Err(()));
+        assert_eq!(parse_cidr("198.18.0.0/+8"), Err(()));
+        assert_eq!(parse_cidr("nonsense/8"), Err(()));
+    }
+
+    #[test]
+    fn conditions_follow_kube_proxy() {
+        let ep = |ready, serving, terminating| Endpoint {
+            conditions: Some(EndpointConditions {
+                ready,
+                serving,
+                terminating,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(condition(&Endpoint::default()), Some(Condition::Ready));
+        assert_eq!(condition(&ep(None, None, None)), Some(Condition::Ready));
+        assert_eq!(
+            condition(&ep(Some(true), Some(true), Some(false))),
+            Some(Condition::Ready)
+        );
+        assert_eq!(condition(&ep(Some(false), Some(false), Some(false))), None);
+        assert_eq!(
+            condition(&ep(Some(false), Some(true), Some(true))),
+            Some(Condition::ServingTerminating)
+        );
+        assert_eq!(
+            condition(&ep(Some(false), None, Some(true))),
+            Some(Condition::ServingTerminating)
+        );
+        assert_eq!(
+            condition(&ep(Some(false), Some(false), Some(true))),
+            Some(Condition::Terminating)
+        );
+    }
+
+    #[test]
+    fn ports_are_validated() {
+        assert_eq!(valid_port(80), Some(80));
+        assert_eq!(valid_port(0), None);
+        assert_eq!(valid_port(65536), None);
+        assert_eq!(valid_port(-1), None);
+    }
+
+    #[test]
+    fn ip_family_detection() {
+        let spec = |families: Option<Vec<&str>>, cluster_ip: Option<&str>| ServiceSpec {
+            ip_families: families.map(|f| f.into_iter().map(String::from).collect()),
+            cluster_ip: cluster_ip.map(String::from),
+            ..Default::default()
+        };
+        assert!(serves_ipv4(&spec(None, None)));
+        assert!(serves_ipv4(&spec(Some(vec!["IPv4"]), None)));
+        assert!(serves_ipv4(&spec(Some(vec!["IPv6", "IPv4"]), None)));
+        assert!(!serves_ipv4(&spec(Some(vec!["IPv6"]), None)));
+        assert!(serves_ipv4(&spec(None, Some("198.18.100.10"))));
+        assert!(!serves_ipv4(&spec(None, Some("fd00::10"))));
+    }
+}

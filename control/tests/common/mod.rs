@@ -1,0 +1,252 @@
+//! Packet-test fixtures: the real programs loaded with private maps, programmed through the real
+//! manifest → compile → reconcile path, and frames built with etherparse.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::PacketBuilder;
+use lb_common::maps::Reason;
+use xlb::{
+    compile::compile,
+    loader::{self, LoadOptions, Loaded},
+    manifest,
+    plan::{DatapathPlan, NodeIdentity},
+    reconcile::Reconciler,
+};
+
+pub const CLIENT: [u8; 4] = [198, 18, 0, 10];
+pub const NODE: [u8; 4] = [198, 18, 0, 2];
+pub const VIP: [u8; 4] = [198, 19, 255, 1];
+pub const PODS: [[u8; 4]; 3] = [[198, 18, 1, 11], [198, 18, 1, 12], [198, 18, 1, 13]];
+pub const TABLE_SIZE: u32 = 251;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The nginx-style example: LoadBalancer VIP:80 → pods:8080, NodePort 30080, TCP and UDP ports,
+/// and a second Service restricted by loadBalancerSourceRanges.
+pub fn manifest(pods: &[[u8; 4]], terminating: &[[u8; 4]]) -> String {
+    let mut endpoints = String::new();
+    for p in pods {
+        let ip = Ipv4Addr::from(*p);
+        let term = terminating.contains(p);
+        endpoints.push_str(&format!(
+            "  - addresses: [\"{ip}\"]\n    nodeName: node-a\n    conditions: {{ready: {}, serving: true, terminating: {}}}\n",
+            !term, term
+        ));
+    }
+    format!(
+        r#"apiVersion: v1
+kind: Node
+metadata: {{name: node-a}}
+status:
+  addresses:
+  - {{type: InternalIP, address: 198.18.0.2}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: LoadBalancer
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}}
+  - {{name: dns, port: 53, targetPort: 5353, nodePort: 30053, protocol: UDP}}
+status:
+  loadBalancer:
+    ingress: [{{ip: 198.19.255.1}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: dns, port: 5353, protocol: UDP}}
+endpoints:
+{endpoints}---
+apiVersion: v1
+kind: Service
+metadata: {{name: restricted, namespace: default}}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: ["198.18.0.0/28"]
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, nodePort: 30081, protocol: TCP}}
+status:
+  loadBalancer:
+    ingress: [{{ip: 198.19.255.2}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: restricted-abc
+  namespace: default
+  labels: {{kubernetes.io/service-name: restricted}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+endpoints:
+- addresses: ["198.18.1.11"]
+  nodeName: node-a
+  conditions: {{ready: true}}
+"#
+    )
+}
+
+pub fn plan_for(yaml: &str) -> DatapathPlan {
+    let loaded = manifest::load_str(std::path::Path::new("test.yaml"), yaml).expect("manifest");
+    let node = NodeIdentity {
+        node_name: "node-a".into(),
+        table_size: TABLE_SIZE,
+        extra_local_addrs: vec![],
+    };
+    compile(&loaded.state, &node)
+}
+
+pub struct Fixture {
+    pub ebpf: aya::Ebpf,
+    pub rec: Reconciler,
+    pub plan: DatapathPlan,
+}
+
+impl Fixture {
+    pub fn new(yaml: &str) -> Self {
+        let Loaded { ebpf, maps } =
+            loader::load(&LoadOptions { pin_dir: None, conntrack_size: 4096 }).expect("load programs");
+        let mut rec = Reconciler::adopt(maps).expect("adopt");
+        let plan = plan_for(yaml);
+        rec.apply(&plan).expect("apply");
+        Fixture { ebpf, rec, plan }
+    }
+
+    pub fn reprogram(&mut self, yaml: &str) {
+        self.plan = plan_for(yaml);
+        self.rec.apply(&self.plan).expect("apply");
+    }
+
+    /// Runs the XDP program once on `frame`: (action, output frame).
+    pub fn xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = loader::xdp_program(&mut self.ebpf).unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .expect("test_run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Runs the TC egress program once: (verdict, output frame).
+    pub fn tc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = loader::tc_program(&mut self.ebpf).unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .expect("test_run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    pub fn counter(&self, reason: Reason) -> u64 {
+        self.rec.maps.global(reason).unwrap()
+    }
+
+    /// The pod Maglev assigns to a flow, computed in user space from the plan.
+    pub fn predict(&self, service: &str, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> (Ipv4Addr, u16) {
+        let svc = self
+            .plan
+            .services
+            .iter()
+            .find(|(k, _)| k.to_string() == service)
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| panic!("no service {service}"));
+        let h = lb_common::hash::flow_hash(u32::from_be_bytes(src), u32::from_be_bytes(dst), sport, dport, proto);
+        let i = svc.table[(h % svc.table_size) as usize];
+        let b = &svc.backends[i as usize];
+        (b.addr, b.port)
+    }
+}
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(5000) };
+    let payload: &[u8] = if syn { &[] } else { b"hello" };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, b"query")
+        .unwrap();
+    v
+}
+
+/// RFC 1071 sum of 16-bit words.
+fn sum16(data: &[u8], mut sum: u32) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [last] = chunks.remainder() {
+        sum += (*last as u32) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+pub struct Ipv4View {
+    pub l3: usize,
+    pub ihl: usize,
+}
+
+pub fn ipv4_view(frame: &[u8]) -> Ipv4View {
+    let l3 = if u16::from_be_bytes([frame[12], frame[13]]) == 0x8100 { 18 } else { 14 };
+    Ipv4View { l3, ihl: ((frame[l3] & 0x0f) as usize) * 4 }
+}
+
+pub fn dst(frame: &[u8]) -> (Ipv4Addr, u16) {
+    let v = ipv4_view(frame);
+    let a = Ipv4Addr::new(frame[v.l3 + 16], frame[v.l3 + 17], frame[v.l3 + 18], frame[v.l3 + 19]);
+    let l4 = v.l3 + v.ihl;
+    (a, u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]))
+}
+
+pub fn src(frame: &[u8]) -> (Ipv4Addr, u16) {
+    let v = ipv4_view(frame);
+    let a = Ipv4Addr::new(frame[v.l3 + 12], frame[v.l3 + 13], frame[v.l3 + 14], frame[v.l3 + 15]);
+    let l4 = v.l3 + v.ihl;
+    (a, u16::from_be_bytes([frame[l4], frame[l4 + 1]]))
+}
+
+/// Asserts the IPv4 header checksum and the TCP/UDP checksum (pseudo-header included) verify.
+pub fn assert_checksums(frame: &[u8]) {
+    let v = ipv4_view(frame);
+    let ip = &frame[v.l3..v.l3 + v.ihl];
+    assert_eq!(fold(sum16(ip, 0)), 0xffff, "IPv4 header checksum");
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let l4 = &frame[v.l3 + v.ihl..v.l3 + tot];
+    let proto = ip[9];
+    if proto == 17 && l4[6] == 0 && l4[7] == 0 {
+        return; // no UDP checksum
+    }
+    let mut sum = sum16(&ip[12..20], 0);
+    sum += proto as u32 + l4.len() as u32;
+    sum = sum16(l4, sum);
+    assert_eq!(fold(sum), 0xffff, "L4 checksum (proto {proto})");
+}
