@@ -31,10 +31,16 @@ impl Mapping {
     }
 
     /// The slots of `elems` elements: element stride is 8 bytes, so they are contiguous u32s.
-    fn slots(&self, elems: u32) -> &mut [u32] {
+    fn slots_mut(&mut self, elems: u32) -> &mut [u32] {
         let n = (elems * MAGLEV_SLOTS_PER_ELEM) as usize;
         // SAFETY: the mapping covers `elems` 8-byte elements and lives as long as `self`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u32>(), n) }
+    }
+
+    fn slots(&self, elems: u32) -> &[u32] {
+        let n = (elems * MAGLEV_SLOTS_PER_ELEM) as usize;
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u32>(), n) }
     }
 }
 
@@ -51,8 +57,8 @@ pub fn create(slots: &[u32]) -> anyhow::Result<MaglevInner> {
     let elems = maglev_elems(m);
     let table: MaglevInner =
         Array::create(elems, MAGLEV_INNER_FLAGS).context("creating a Maglev table map")?;
-    let map = Mapping::new(IterableMap::map(&table), elems, true)?;
-    let view = map.slots(elems);
+    let mut map = Mapping::new(IterableMap::map(&table), elems, true)?;
+    let view = map.slots_mut(elems);
     view[..slots.len()].copy_from_slice(slots);
     view[slots.len()..].fill(NO_BACKEND);
     drop(map);

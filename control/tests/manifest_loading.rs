@@ -1,0 +1,447 @@
+//! Manifest loading: kubectl-style lists, multi-document files, directories, skipped kinds, and
+//! errors that point at the right file, line and column.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use xlb::manifest::{self, ManifestError};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn names<'a>(it: impl Iterator<Item = (&'a xlb::cluster::ObjectKey, impl Sized)>) -> Vec<String> {
+    it.map(|(k, _)| k.to_string()).collect()
+}
+
+/// A scratch directory removed on drop (also when the test fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("xlb-manifest-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn directory_of_kubectl_output() {
+    let dir = fixture("nginx");
+    let loaded = manifest::load(&dir).unwrap();
+    // Sorted by name; notes.txt (extension) and .editor-backup.yaml (dotfile) are not read.
+    let files: Vec<_> = loaded
+        .files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "10-service.yaml",
+            "20-endpointslices.yaml",
+            "30-nodes.json",
+            "40-deployment.yml"
+        ]
+    );
+    assert_eq!(names(loaded.state.services()), ["default/nginx"]);
+    assert_eq!(
+        names(loaded.state.endpoint_slices()),
+        ["default/nginx-8xq2v"]
+    );
+    let nodes: Vec<_> = loaded.state.nodes().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes, ["node-a", "node-c"]);
+    let slices: Vec<_> = loaded
+        .state
+        .endpoint_slices_for("default", "nginx")
+        .collect();
+    assert_eq!(slices.len(), 1);
+    assert_eq!(slices[0].endpoints.as_ref().unwrap().len(), 3);
+
+    // The Deployment is skipped with a warning naming file and document, not an error.
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let w = &loaded.warnings[0];
+    assert!(
+        w.contains("40-deployment.yml: document 1: skipped apps/v1 Deployment default/nginx"),
+        "{w}"
+    );
+
+    // The Service came through with every field kubectl printed.
+    let svc = loaded.state.service("default", "nginx").unwrap();
+    let spec = svc.spec.as_ref().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, Some(30080));
+    let ingress = &svc
+        .status
+        .as_ref()
+        .unwrap()
+        .load_balancer
+        .as_ref()
+        .unwrap()
+        .ingress
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(ingress.ip.as_deref(), Some("198.19.255.1"));
+}
+
+#[test]
+fn single_file_of_a_directory() {
+    let loaded = manifest::load(&fixture("nginx/10-service.yaml")).unwrap();
+    assert_eq!(names(loaded.state.services()), ["default/nginx"]);
+    assert_eq!(loaded.state.endpoint_slice_count(), 0);
+    assert!(loaded.warnings.is_empty());
+}
+
+#[test]
+fn json_list_file() {
+    let loaded = manifest::load(&fixture("nginx/30-nodes.json")).unwrap();
+    assert_eq!(loaded.state.node_count(), 2);
+    let node = loaded.state.node("node-c").unwrap();
+    assert_eq!(
+        node.status.as_ref().unwrap().addresses.as_ref().unwrap()[0].address,
+        "198.18.0.13"
+    );
+}
+
+#[test]
+fn multi_document_file() {
+    let loaded = manifest::load(&fixture("multi-doc.yaml")).unwrap();
+    assert_eq!(names(loaded.state.services()), ["lab/dns", "lab/web"]);
+    assert_eq!(
+        names(loaded.state.endpoint_slices()),
+        ["lab/dns-1", "lab/web-1"]
+    );
+    assert_eq!(loaded.state.node_count(), 1);
+    // Leading comments + `---` do not make an extra document; the trailing `---` is harmless.
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("document 3: skipped v1 ConfigMap lab/lab-settings"));
+}
+
+#[test]
+fn typed_lists_imply_their_item_kind() {
+    // What the raw API returns for a list call: items without apiVersion/kind.
+    let text = "\
+apiVersion: v1
+kind: ServiceList
+metadata:
+  resourceVersion: \"100\"
+items:
+- metadata:
+    name: a
+    namespace: default
+  spec:
+    ports:
+    - port: 80
+- metadata:
+    name: b
+  spec: {}
+";
+    let loaded = manifest::load_str(Path::new("list.yaml"), text).unwrap();
+    assert_eq!(names(loaded.state.services()), ["default/a", "default/b"]);
+    assert!(loaded.warnings.is_empty());
+
+    let text =
+        "apiVersion: apps/v1\nkind: DeploymentList\nitems:\n- metadata: {name: x, namespace: y}\n";
+    let loaded = manifest::load_str(Path::new("deploys.yaml"), text).unwrap();
+    assert!(loaded.state.is_empty());
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(
+        loaded.warnings[0].contains("document 1, items[0]: skipped apps/v1 Deployment y/x"),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn only_unknown_kinds_and_empty_input_are_not_errors() {
+    let text = "apiVersion: v1\nkind: Endpoints\nmetadata: {name: nginx}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
+    let loaded = manifest::load_str(Path::new("x.yaml"), text).unwrap();
+    assert!(loaded.state.is_empty());
+    assert_eq!(loaded.warnings.len(), 2);
+    assert!(loaded.warnings[0].contains("x.yaml: document 1: skipped v1 Endpoints nginx"));
+
+    // Kinds are matched with their API group: a v1beta1 EndpointSlice is not read.
+    let text = "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv4\n";
+    let loaded = manifest::load_str(Path::new("x.yaml"), text).unwrap();
+    assert!(loaded.state.is_empty());
+    assert_eq!(loaded.warnings.len(), 1);
+
+    for text in [
+        "",
+        "# only a comment\n",
+        "---\n",
+        "apiVersion: v1\nkind: List\nitems: []\n",
+    ] {
+        let loaded = manifest::load_str(Path::new("empty.yaml"), text).unwrap();
+        assert!(loaded.state.is_empty(), "{text:?}");
+        assert!(loaded.warnings.is_empty(), "{text:?}");
+    }
+}
+
+#[test]
+fn missing_namespace_means_default_and_later_definitions_win() {
+    let text = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {type: NodePort, ports: [{port: 80, nodePort: 30001}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {type: NodePort, ports: [{port: 80, nodePort: 30002}]}
+";
+    let loaded = manifest::load_str(Path::new("dup.yaml"), text).unwrap();
+    assert_eq!(names(loaded.state.services()), ["default/web"]);
+    let svc = loaded.state.service("default", "web").unwrap();
+    assert_eq!(
+        svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port,
+        Some(30002)
+    );
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(
+        loaded.warnings[0].contains("dup.yaml: document 2: Service default/web is defined again")
+            && loaded.warnings[0].contains("dup.yaml: document 1"),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+/// Loads a malformed fixture and returns (document, line, column, message, display).
+fn invalid(name: &str) -> (usize, usize, usize, String, String) {
+    let path = fixture(&format!("malformed/{name}"));
+    match manifest::load(&path) {
+        Err(e @ ManifestError::Invalid { .. }) => {
+            let display = e.to_string();
+            assert!(
+                display.starts_with(&format!("{}:", path.display())),
+                "{display}"
+            );
+            assert_eq!(e.path(), path);
+            let ManifestError::Invalid {
+                document,
+                line,
+                column,
+                message,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            (
+                document,
+                line.expect("line"),
+                column.expect("column"),
+                message,
+                display,
+            )
+        }
+        other => panic!("{name}: expected an Invalid error, got {other:?}"),
+    }
+}
+
+#[test]
+fn yaml_syntax_error_has_its_line() {
+    let (document, line, column, message, display) = invalid("bad-syntax.yaml");
+    assert_eq!((document, line, column), (1, 9, 4));
+    assert!(message.contains("did not find expected key"), "{message}");
+    assert!(display.ends_with("bad-syntax.yaml:9:4: did not find expected key, while parsing a block mapping at line 7 column 3"), "{display}");
+}
+
+#[test]
+fn wrong_field_type_points_at_the_field() {
+    // Second document; `port: http` is on line 15, the value in column 11.
+    let (document, line, column, message, display) = invalid("bad-port-type.yaml");
+    assert_eq!((document, line, column), (2, 15, 11));
+    assert_eq!(
+        message,
+        "spec.ports[0].port: invalid type: string \"http\", expected i32"
+    );
+    assert!(display.ends_with(
+        "bad-port-type.yaml:15:11: spec.ports[0].port: invalid type: string \"http\", expected i32"
+    ));
+}
+
+#[test]
+fn wrong_field_type_inside_a_list_item() {
+    let (document, line, column, message, _) = invalid("bad-in-list.yaml");
+    assert_eq!((document, line, column), (1, 24, 14));
+    assert!(
+        message.starts_with("items[1].endpoints[0].conditions.ready: invalid type"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_kind_points_at_the_document() {
+    // The first document is fine; the second starts on line 9.
+    let (document, line, column, message, _) = invalid("missing-kind.yaml");
+    assert_eq!((document, line, column), (2, 9, 1));
+    assert_eq!(message, "missing kind");
+}
+
+#[test]
+fn missing_api_version_in_json() {
+    let (document, line, column, message, _) = invalid("missing-api-version.json");
+    assert_eq!((document, line, column), (1, 1, 1));
+    assert_eq!(message, "missing apiVersion");
+}
+
+#[test]
+fn missing_name_points_at_the_list_item() {
+    let (document, line, column, message, _) = invalid("missing-name.yaml");
+    assert_eq!((document, line, column), (1, 8, 3));
+    assert_eq!(message, "items[1]: EndpointSlice has no metadata.name");
+}
+
+#[test]
+fn a_bad_file_fails_the_whole_directory_load() {
+    let tmp = TempDir::new("badfile");
+    fs::copy(fixture("nginx/10-service.yaml"), tmp.0.join("a.yaml")).unwrap();
+    fs::copy(
+        fixture("malformed/bad-port-type.yaml"),
+        tmp.0.join("b.yaml"),
+    )
+    .unwrap();
+    let err = manifest::load(&tmp.0).unwrap_err();
+    assert_eq!(err.path(), tmp.0.join("b.yaml"));
+    assert_eq!((err.line(), err.column()), (Some(15), Some(11)));
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:15:11: ", tmp.0.join("b.yaml").display()))
+    );
+}
+
+#[test]
+fn other_malformed_documents() {
+    let cases: &[(&str, (usize, usize, usize), &str)] = &[
+        (
+            "- just\n- a list\n",
+            (1, 1, 1),
+            "expected a Kubernetes object",
+        ),
+        (
+            "apiVersion: v1\nkind: 7\nmetadata: {name: x}\n",
+            (1, 1, 1),
+            "kind must be a string",
+        ),
+        (
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: [a, b]\n",
+            (1, 4, 9),
+            "metadata.name: invalid type: sequence",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: v1\nkind: Service\nspec: {}\n",
+            (2, 5, 1),
+            "Service has no metadata.name",
+        ),
+        (
+            "apiVersion: v1\nkind: List\nitems:\n- kind: Service\n  metadata: {name: s}\n",
+            (1, 4, 3),
+            "missing apiVersion",
+        ),
+        (
+            "apiVersion: v1\nkind: List\nitems: 5\n",
+            (1, 1, 1),
+            "items must be a list",
+        ),
+        // Duplicate keys are reported at the start of their mapping.
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nkind: Service\n",
+            (1, 1, 1),
+            "duplicate entry",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports:\n  - {port: 80, targetPort: {x: 1}}\n",
+            (1, 6, 28),
+            "spec.ports[0].targetPort",
+        ),
+    ];
+    for (text, (document, line, column), needle) in cases {
+        let err = manifest::load_str(Path::new("t.yaml"), text).unwrap_err();
+        let ManifestError::Invalid {
+            document: d,
+            line: l,
+            column: c,
+            message,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            (*d, l.unwrap(), c.unwrap()),
+            (*document, *line, *column),
+            "{text:?}: {err}"
+        );
+        assert!(message.contains(needle), "{text:?}: {message}");
+    }
+}
+
+#[test]
+fn missing_paths_and_empty_directories_are_errors() {
+    let err = manifest::load(&fixture("does-not-exist")).unwrap_err();
+    assert!(matches!(err, ManifestError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("does-not-exist"));
+
+    let tmp = TempDir::new("empty");
+    fs::write(tmp.0.join("README.md"), "not a manifest").unwrap();
+    let err = manifest::load(&tmp.0).unwrap_err();
+    assert!(matches!(err, ManifestError::NoFiles { .. }), "{err:?}");
+    assert!(err.to_string().contains("no *.yaml, *.yml or *.json files"));
+}
+
+#[test]
+fn fingerprint_changes_with_the_manifest_set() {
+    let tmp = TempDir::new("fingerprint");
+    fs::write(
+        tmp.0.join("a.yaml"),
+        "apiVersion: v1\nkind: List\nitems: []\n",
+    )
+    .unwrap();
+    let first = manifest::fingerprint(&tmp.0).unwrap();
+    assert_eq!(first.0.len(), 1);
+    assert_eq!(manifest::fingerprint(&tmp.0).unwrap(), first);
+
+    // Files load ignores do not count.
+    fs::write(tmp.0.join("notes.txt"), "hello").unwrap();
+    fs::write(tmp.0.join(".a.yaml.swp"), "hello").unwrap();
+    assert_eq!(manifest::fingerprint(&tmp.0).unwrap(), first);
+
+    // A new manifest file does.
+    fs::write(tmp.0.join("b.yml"), "").unwrap();
+    let second = manifest::fingerprint(&tmp.0).unwrap();
+    assert_ne!(second, first);
+
+    // So does a content change (size differs), and a same-size replacement (new inode).
+    fs::write(
+        tmp.0.join("a.yaml"),
+        "apiVersion: v1\nkind: List\nitems: [] \n",
+    )
+    .unwrap();
+    let third = manifest::fingerprint(&tmp.0).unwrap();
+    assert_ne!(third, second);
+    fs::write(
+        tmp.0.join("tmp"),
+        "apiVersion: v1\nkind: List\nitems: []\n\n",
+    )
+    .unwrap();
+    fs::rename(tmp.0.join("tmp"), tmp.0.join("a.yaml")).unwrap();
+    assert_ne!(manifest::fingerprint(&tmp.0).unwrap(), third);
+
+    // A single-file path fingerprints that file.
+    assert_eq!(
+        manifest::fingerprint(&tmp.0.join("b.yml")).unwrap().0.len(),
+        1
+    );
+    assert!(manifest::fingerprint(&tmp.0.join("gone.yaml")).is_err());
+}
