@@ -8,13 +8,15 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     let out = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-    let object = out.join("xlb-xdp");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
         // Library-only builds (e.g. unit tests of pure modules) skip the kernel build; the
         // loader then reports at run time that this binary carries no programs.
-        if !object.exists() {
-            fs::write(&object, b"")?;
+        for name in ["xlb-xdp", "xlb-floor"] {
+            let object = out.join(name);
+            if !object.exists() {
+                fs::write(&object, b"")?;
+            }
         }
         return Ok(());
     }
@@ -26,7 +28,11 @@ fn main() -> anyhow::Result<()> {
     let xdp_dir = PathBuf::from(root).join("../xdp");
     let xdp_dir = xdp_dir.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [Package { name: "xlb-xdp", root_dir: xdp_dir, ..Default::default() }],
+        [Package {
+            name: "xlb-xdp",
+            root_dir: xdp_dir,
+            ..Default::default()
+        }],
         Toolchain::Custom("xlb-bpf"),
     )
     .context("building the kernel programs (run scripts/setup.sh first)")?;

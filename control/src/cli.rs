@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lb_common::maps::{DEFAULT_CONNTRACK_SIZE, MAGLEV_DEFAULT_TABLE_SIZE};
 
 #[derive(Parser, Debug)]
-#[command(name = "xlb", version, about = "XDP load balancer for Kubernetes NodePort and LoadBalancer Services")]
+#[command(
+    name = "xlb",
+    version,
+    about = "XDP load balancer for Kubernetes NodePort and LoadBalancer Services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

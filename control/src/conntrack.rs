@@ -31,7 +31,10 @@ pub struct Flow {
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -59,7 +62,11 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<Flow>> {
             Err(MapError::KeyNotFound) => continue,
             Err(e) => return Err(e).context("reading XLB_CONNTRACK"),
         };
-        let b = maps.backends.get(&v.backend_id, 0).ok().filter(|b| b.flags != 0);
+        let b = maps
+            .backends
+            .get(&v.backend_id, 0)
+            .ok()
+            .filter(|b| b.flags != 0);
         flows.push(Flow {
             client: addr(k.src_addr),
             client_port: u16::from_be(k.src_port),
@@ -74,8 +81,12 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<Flow>> {
         });
     }
     flows.sort_by(|a, b| {
-        (a.frontend, a.frontend_port, a.client, a.client_port)
-            .cmp(&(b.frontend, b.frontend_port, b.client, b.client_port))
+        (a.frontend, a.frontend_port, a.client, a.client_port).cmp(&(
+            b.frontend,
+            b.frontend_port,
+            b.client,
+            b.client_port,
+        ))
     });
     Ok(flows)
 }
@@ -91,7 +102,11 @@ pub fn expire(maps: &mut Maps) -> anyhow::Result<usize> {
             Err(MapError::KeyNotFound) => continue,
             Err(e) => return Err(e).context("reading XLB_CONNTRACK"),
         };
-        let timeout = if k.proto == IPPROTO_UDP { UDP_IDLE_TIMEOUT_S } else { TCP_IDLE_TIMEOUT_S };
+        let timeout = if k.proto == IPPROTO_UDP {
+            UDP_IDLE_TIMEOUT_S
+        } else {
+            TCP_IDLE_TIMEOUT_S
+        };
         if now.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000 {
             stale.push((k, v.backend_id));
         }

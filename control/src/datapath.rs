@@ -4,9 +4,7 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
-    maps::{
-        Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key,
-    },
+    maps::{Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
 };
 use lb_common::maps::*;
 
@@ -38,7 +36,10 @@ where
 impl Maps {
     /// Takes the maps out of a loaded object (the programs keep their own references).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        Self::build(|name| ebpf.take_map(name).ok_or_else(|| anyhow!("object has no map {name}")))
+        Self::build(|name| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("object has no map {name}"))
+        })
     }
 
     /// Opens the maps pinned under `pin_dir` (what the CLI's inspection commands use).
@@ -93,6 +94,9 @@ fn sum_counters(map: &PerCpuArray<MapData, Counter>, id: u32) -> anyhow::Result<
 pub fn src_range_key(service_id: u32, addr: std::net::Ipv4Addr, len: u8) -> Key<SrcRangeKey> {
     Key::new(
         32 + len as u32,
-        SrcRangeKey { service_id_be: service_id.to_be(), addr: u32::from_ne_bytes(addr.octets()) },
+        SrcRangeKey {
+            service_id_be: service_id.to_be(),
+            addr: u32::from_ne_bytes(addr.octets()),
+        },
     )
 }

@@ -30,7 +30,9 @@ fn open(args: &OutputArgs) -> anyhow::Result<(Maps, PathBuf)> {
 fn read_snapshot(pin_dir: &std::path::Path) -> anyhow::Result<Snapshot> {
     let path = pins::state_file(pin_dir);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+        }
         // Pins without names (the node rebooted `xlb run` away): nothing to name yet.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Snapshot::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -78,7 +80,12 @@ fn print_services(doc: &Value) {
         println!("no services programmed");
     }
     for s in services {
-        println!("{}  (table M={}, id {})", s["name"].as_str().unwrap_or(""), s["table_size"], s["service_id"]);
+        println!(
+            "{}  (table M={}, id {})",
+            s["name"].as_str().unwrap_or(""),
+            s["table_size"],
+            s["service_id"]
+        );
         for f in s["frontends"].as_array().into_iter().flatten() {
             let addr = f["addr"].as_str().unwrap_or("*");
             println!(
@@ -144,7 +151,10 @@ pub fn stats(args: &OutputArgs) -> anyhow::Result<()> {
         counters.insert(r.name().to_string(), json!(maps.global(r)?));
     }
     match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&json!({ "counters": counters }))?),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "counters": counters }))?
+        ),
         OutputFormat::Human => {
             for (k, v) in &counters {
                 println!("{k:<26} {v}");

@@ -21,6 +21,11 @@ use crate::{datapath::Maps, pins};
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-xdp"));
 
+/// The benchmark floor (`xlb_floor`: parse, then `XDP_TX`), built alongside the datapath.
+pub static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-floor"));
+pub const PROG_FLOOR: &str = "xlb_floor";
+
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Pin maps here (created on first load, reused afterwards). `None`: private maps, for
@@ -52,8 +57,12 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Loaded> {
     loader.map_max_entries(MAP_CONNTRACK, opts.conntrack_size);
     loader.map_max_entries(MAP_REVNAT, opts.conntrack_size);
     let mut ebpf = loader.load(OBJECT).map_err(|e| privilege_hint(e.into()))?;
-    xdp_program(&mut ebpf)?.load().context("loading the XDP program")?;
-    tc_program(&mut ebpf)?.load().context("loading the TC egress program")?;
+    xdp_program(&mut ebpf)?
+        .load()
+        .context("loading the XDP program")?;
+    tc_program(&mut ebpf)?
+        .load()
+        .context("loading the TC egress program")?;
     let maps = Maps::from_ebpf(&mut ebpf)?;
     Ok(Loaded { ebpf, maps })
 }
@@ -68,11 +77,17 @@ fn privilege_hint(e: anyhow::Error) -> anyhow::Error {
 }
 
 pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    Ok(ebpf.program_mut(PROG_XDP).context("object has no XDP program")?.try_into()?)
+    Ok(ebpf
+        .program_mut(PROG_XDP)
+        .context("object has no XDP program")?
+        .try_into()?)
 }
 
 pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    Ok(ebpf.program_mut(PROG_TC_EGRESS).context("object has no TC program")?.try_into()?)
+    Ok(ebpf
+        .program_mut(PROG_TC_EGRESS)
+        .context("object has no TC program")?
+        .try_into()?)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,8 +127,12 @@ pub fn attach(
         let id = prog
             .attach(iface, mode)
             .with_context(|| format!("attaching XDP to {iface} (mode {mode:?})"))?;
-        let link: FdLink = prog.take_link(id)?.try_into().context("XDP link is not a bpf_link")?;
-        link.pin(&xdp_pin).with_context(|| format!("pinning {}", xdp_pin.display()))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("XDP link is not a bpf_link")?;
+        link.pin(&xdp_pin)
+            .with_context(|| format!("pinning {}", xdp_pin.display()))?;
         outcome = Attachment::Attached;
     }
     if PinnedLink::from_pin(&tc_pin).is_err() {
@@ -127,7 +146,8 @@ pub fn attach(
             .take_link(id)?
             .try_into()
             .context("TC link is not a bpf_link (kernel without TCX?)")?;
-        link.pin(&tc_pin).with_context(|| format!("pinning {}", tc_pin.display()))?;
+        link.pin(&tc_pin)
+            .with_context(|| format!("pinning {}", tc_pin.display()))?;
         outcome = Attachment::Attached;
     }
     Ok(outcome)
@@ -143,15 +163,22 @@ pub fn is_attached(pin_dir: &Path, iface: &str) -> bool {
 pub fn down(pin_dir: &Path, iface: &str) -> anyhow::Result<bool> {
     pins::require_bpffs(pin_dir)?;
     let mut found = false;
-    for pin in [pins::xdp_link_pin(pin_dir, iface), pins::tc_link_pin(pin_dir, iface)] {
+    for pin in [
+        pins::xdp_link_pin(pin_dir, iface),
+        pins::tc_link_pin(pin_dir, iface),
+    ] {
         if let Ok(link) = PinnedLink::from_pin(&pin) {
             // Unpinning drops the last reference to the bpf_link, which detaches it.
-            let fd: FdLink = link.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+            let fd: FdLink = link
+                .unpin()
+                .with_context(|| format!("unpinning {}", pin.display()))?;
             drop(fd);
             found = true;
         }
     }
-    let links_left = fs::read_dir(pins::links_dir(pin_dir)).map(|d| d.count()).unwrap_or(0);
+    let links_left = fs::read_dir(pins::links_dir(pin_dir))
+        .map(|d| d.count())
+        .unwrap_or(0);
     if links_left == 0 && pin_dir.exists() {
         remove_pins(pin_dir)?;
     }

@@ -10,9 +10,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => xlb::run::run(args),
         Command::Services(args) => xlb::inspect::services(&args),
-        Command::Conntrack { command: ConntrackCommand::List(args) } => {
-            xlb::inspect::conntrack_list(&args)
-        }
+        Command::Conntrack {
+            command: ConntrackCommand::List(args),
+        } => xlb::inspect::conntrack_list(&args),
         Command::Stats(args) => xlb::inspect::stats(&args),
         Command::Down(args) => xlb::run::down(&args),
     };

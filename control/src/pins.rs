@@ -18,7 +18,10 @@ pub fn default_pin_dir() -> anyhow::Result<PathBuf> {
     let ino = std::fs::metadata("/proc/self/ns/net")
         .context("reading /proc/self/ns/net to key the pin directory")?
         .ino();
-    Ok(PathBuf::from(BPFFS_ROOT).join("xlb").join(ino.to_string()).join(LAYOUT_VERSION))
+    Ok(PathBuf::from(BPFFS_ROOT)
+        .join("xlb")
+        .join(ino.to_string())
+        .join(LAYOUT_VERSION))
 }
 
 pub fn resolve(pin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -42,7 +45,11 @@ pub fn require_bpffs(dir: &Path) -> anyhow::Result<()> {
     // SAFETY: statfs writes into the zeroed struct we own; c is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        bail!("cannot stat {}: {}", probe.display(), std::io::Error::last_os_error());
+        bail!(
+            "cannot stat {}: {}",
+            probe.display(),
+            std::io::Error::last_os_error()
+        );
     }
     if st.f_type as i64 != BPF_FS_MAGIC {
         bail!(

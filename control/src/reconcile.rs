@@ -164,7 +164,10 @@ impl Reconciler {
         // 1. Local addresses (NodePort matching): add now, remove at the end.
         let want_local: HashSet<u32> = plan.local_addrs.iter().map(|a| be(*a)).collect();
         for a in want_local.difference(&self.local_addrs.clone()) {
-            self.maps.local_addrs.insert(a, 1, 0).context("writing XLB_LOCAL_ADDRS")?;
+            self.maps
+                .local_addrs
+                .insert(a, 1, 0)
+                .context("writing XLB_LOCAL_ADDRS")?;
             self.local_addrs.insert(*a);
             report.local_addrs_changed += 1;
         }
@@ -177,7 +180,11 @@ impl Reconciler {
                 let rec = Backend {
                     addr: key.0,
                     port: key.1,
-                    flags: if b.local { BACKEND_F_LOCAL } else { BACKEND_F_REMOTE },
+                    flags: if b.local {
+                        BACKEND_F_LOCAL
+                    } else {
+                        BACKEND_F_REMOTE
+                    },
                     _pad: 0,
                     node_addr: b.node_addr.map(be).unwrap_or(0),
                 };
@@ -192,7 +199,10 @@ impl Reconciler {
                 };
                 wanted_backends.insert(id);
                 if self.backends.get(&id) != Some(&rec) {
-                    self.maps.backends.set(id, rec, 0).context("writing XLB_BACKENDS")?;
+                    self.maps
+                        .backends
+                        .set(id, rec, 0)
+                        .context("writing XLB_BACKENDS")?;
                     self.backends.insert(id, rec);
                     report.backends_written += 1;
                 }
@@ -232,7 +242,10 @@ impl Reconciler {
                 .collect();
             if self.tables.get(&sid) != Some(&slots) {
                 let inner = table_map::create(&slots)?;
-                self.maps.maglev.set(sid, &inner, 0).context("swapping a Maglev table")?;
+                self.maps
+                    .maglev
+                    .set(sid, &inner, 0)
+                    .context("swapping a Maglev table")?;
                 self.tables.insert(sid, slots);
                 report.tables_swapped += 1;
             }
@@ -248,7 +261,10 @@ impl Reconciler {
         }
         for r in want_ranges.difference(&self.src_ranges.clone()) {
             let k = src_range_key(r.0, Ipv4Addr::from(u32::from_be(r.1)), r.2);
-            self.maps.src_ranges.insert(&k, 1, 0).context("writing XLB_SRC_RANGES")?;
+            self.maps
+                .src_ranges
+                .insert(&k, 1, 0)
+                .context("writing XLB_SRC_RANGES")?;
             self.src_ranges.insert(*r);
             report.src_ranges_changed += 1;
         }
@@ -288,15 +304,27 @@ impl Reconciler {
                     id
                 }
             };
-            let v = FrontendValue { service_id: sid, frontend_id, flags, table_size };
+            let v = FrontendValue {
+                service_id: sid,
+                frontend_id,
+                flags,
+                table_size,
+            };
             if self.frontends.get(&fk) != Some(&v) {
-                self.maps.frontends.insert(fk, v, 0).context("writing XLB_FRONTENDS")?;
+                self.maps
+                    .frontends
+                    .insert(fk, v, 0)
+                    .context("writing XLB_FRONTENDS")?;
                 self.frontends.insert(fk, v);
                 report.frontends_written += 1;
             }
         }
-        let stale: Vec<FrontendKey> =
-            self.frontends.keys().filter(|k| !want_frontends.contains_key(k)).copied().collect();
+        let stale: Vec<FrontendKey> = self
+            .frontends
+            .keys()
+            .filter(|k| !want_frontends.contains_key(k))
+            .copied()
+            .collect();
         for fk in stale {
             remove_ok(self.maps.frontends.remove(&fk)).context("removing from XLB_FRONTENDS")?;
             self.frontends.remove(&fk);
@@ -329,8 +357,12 @@ impl Reconciler {
     /// Releases backend ids that are neither planned nor referenced by a conntrack entry.
     /// Returns (released, still draining).
     pub fn release_backends(&mut self, wanted: &HashSet<u32>) -> anyhow::Result<(usize, usize)> {
-        let candidates: Vec<u32> =
-            self.backends.keys().filter(|id| !wanted.contains(id)).copied().collect();
+        let candidates: Vec<u32> = self
+            .backends
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .copied()
+            .collect();
         if candidates.is_empty() {
             return Ok((0, 0));
         }
@@ -351,7 +383,10 @@ impl Reconciler {
                 draining += 1;
                 continue;
             }
-            self.maps.backends.set(id, Backend::default(), 0).context("clearing XLB_BACKENDS")?;
+            self.maps
+                .backends
+                .set(id, Backend::default(), 0)
+                .context("clearing XLB_BACKENDS")?;
             if let Some(b) = self.backends.remove(&id) {
                 self.backend_ids.remove(&(b.addr, b.port));
             }
@@ -371,7 +406,9 @@ impl Reconciler {
 
     fn free_backend_id(&self) -> anyhow::Result<u32> {
         (0..MAX_BACKENDS)
-            .find(|id| !self.backends.contains_key(id) && !self.backend_ids.values().any(|v| v == id))
+            .find(|id| {
+                !self.backends.contains_key(id) && !self.backend_ids.values().any(|v| v == id)
+            })
             .context("no free backend id: XLB_BACKENDS is full")
     }
 
@@ -447,14 +484,21 @@ impl Reconciler {
 }
 
 pub fn frontend_key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> FrontendKey {
-    FrontendKey { addr: addr.map(be).unwrap_or(0), port: port.to_be(), proto, _pad: 0 }
+    FrontendKey {
+        addr: addr.map(be).unwrap_or(0),
+        port: port.to_be(),
+        proto,
+        _pad: 0,
+    }
 }
 
 fn zero_counter(
     map: &mut aya::maps::PerCpuArray<aya::maps::MapData, Counter>,
     id: u32,
 ) -> anyhow::Result<()> {
-    let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    let ncpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| e)
+        .context("counting CPUs")?;
     let zeros = aya::maps::PerCpuValues::try_from(vec![Counter::default(); ncpus])?;
     map.set(id, zeros, 0).context("resetting a counter")?;
     Ok(())
@@ -472,7 +516,11 @@ fn remove_ok(r: Result<(), MapError>) -> Result<(), MapError> {
 /// Refuses plans the maps cannot hold, before anything is written.
 pub fn check_capacity(plan: &DatapathPlan) -> anyhow::Result<()> {
     let services = plan.services.len() as u64;
-    let frontends: u64 = plan.services.values().map(|s| s.frontends.len() as u64).sum();
+    let frontends: u64 = plan
+        .services
+        .values()
+        .map(|s| s.frontends.len() as u64)
+        .sum();
     if services > MAX_SERVICES as u64 {
         bail!("{services} service ports exceed the datapath's capacity of {MAX_SERVICES}");
     }
@@ -480,7 +528,10 @@ pub fn check_capacity(plan: &DatapathPlan) -> anyhow::Result<()> {
         bail!("{frontends} frontends exceed the datapath's capacity of {MAX_FRONTENDS}");
     }
     if plan.local_addrs.len() as u64 > MAX_LOCAL_ADDRS as u64 {
-        bail!("{} local addresses exceed the capacity of {MAX_LOCAL_ADDRS}", plan.local_addrs.len());
+        bail!(
+            "{} local addresses exceed the capacity of {MAX_LOCAL_ADDRS}",
+            plan.local_addrs.len()
+        );
     }
     Ok(())
 }

@@ -12,8 +12,7 @@ use aya::programs::XdpMode;
 use crate::{
     cli::{DownArgs, RunArgs, XdpModeArg},
     compile::compile,
-    conntrack, ifaddrs, loader, manifest,
-    pins,
+    conntrack, ifaddrs, loader, manifest, pins,
     plan::NodeIdentity,
     reconcile::{self, Reconciler},
 };
@@ -38,7 +37,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("--conntrack-size must be at least 1");
     }
     if !args.manifests.exists() {
-        bail!("--manifests {}: no such file or directory", args.manifests.display());
+        bail!(
+            "--manifests {}: no such file or directory",
+            args.manifests.display()
+        );
     }
     for iface in &args.ifaces {
         loader::ifindex(iface)?;
@@ -86,7 +88,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             (Ok(_), None) => true,
             (Err(e), _) => {
                 if last_fp.is_some() {
-                    log(format!("cannot read manifests ({e}); keeping the last good state"));
+                    log(format!(
+                        "cannot read manifests ({e}); keeping the last good state"
+                    ));
                     last_fp = None;
                 }
                 false

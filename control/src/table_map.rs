@@ -6,7 +6,9 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, IterableMap, MapData};
-use lb_common::maps::{MAGLEV_INNER_FLAGS, MAGLEV_SLOTS_PER_ELEM, MaglevPair, NO_BACKEND, maglev_elems};
+use lb_common::maps::{
+    MAGLEV_INNER_FLAGS, MAGLEV_SLOTS_PER_ELEM, MaglevPair, NO_BACKEND, maglev_elems,
+};
 
 use crate::datapath::MaglevInner;
 
@@ -20,12 +22,19 @@ impl Mapping {
     fn new(map: &MapData, elems: u32, writable: bool) -> anyhow::Result<Self> {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let len = (elems as usize * size_of::<MaglevPair>()).div_ceil(page) * page;
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: mapping a BPF array fd of at least `len` bytes; checked for MAP_FAILED.
         let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
         if ptr == libc::MAP_FAILED {
-            bail!("mmap of a Maglev table failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "mmap of a Maglev table failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(Self { ptr, len })
     }

@@ -54,7 +54,11 @@ fn syn_to_vip_is_dnated_to_the_maglev_pod() {
         assert_eq!(act, XDP_PASS);
         let want = f.predict(WEB_HTTP, CLIENT, sport, VIP, 80, 6);
         assert_eq!(dst(&out), want, "sport {sport}");
-        assert_eq!(src(&out), (Ipv4Addr::from(CLIENT), sport), "client address preserved");
+        assert_eq!(
+            src(&out),
+            (Ipv4Addr::from(CLIENT), sport),
+            "client address preserved"
+        );
         assert_checksums(&out);
         // Only the destination changed.
         assert_eq!(out.len(), frame.len());
@@ -78,7 +82,11 @@ fn established_flow_keeps_its_pod_after_the_table_changes() {
     f.reprogram(&manifest(&PODS[1..], &[]));
     let (act, out) = f.xdp(&tcp(CLIENT, sport, VIP, 80, false));
     assert_eq!(act, XDP_PASS);
-    assert_eq!(dst(&out), (Ipv4Addr::from(PODS[0]), 8080), "ACK follows conntrack");
+    assert_eq!(
+        dst(&out),
+        (Ipv4Addr::from(PODS[0]), 8080),
+        "ACK follows conntrack"
+    );
     assert_checksums(&out);
     assert_eq!(f.counter(Reason::CtHit), 1);
 
@@ -111,7 +119,10 @@ fn nodeport_on_the_node_address() {
     let frame = tcp(CLIENT, 42000, NODE, 30080, true);
     let (act, out) = f.xdp(&frame);
     assert_eq!(act, XDP_PASS);
-    assert_eq!(dst(&out), f.predict(WEB_HTTP, CLIENT, 42000, NODE, 30080, 6));
+    assert_eq!(
+        dst(&out),
+        f.predict(WEB_HTTP, CLIENT, 42000, NODE, 30080, 6)
+    );
     assert_checksums(&out);
 }
 
@@ -223,8 +234,16 @@ fn malformed_frames_pass_with_a_counter_and_no_rewrite() {
     cases.push(("total length beyond the frame", long, Reason::PassMalformed));
     let mut short_tot = good.clone();
     short_tot[16..18].copy_from_slice(&24u16.to_be_bytes());
-    cases.push(("total length shorter than the headers", short_tot, Reason::PassMalformed));
-    cases.push(("truncated tcp", good[..14 + 20 + 10].to_vec(), Reason::PassMalformed));
+    cases.push((
+        "total length shorter than the headers",
+        short_tot,
+        Reason::PassMalformed,
+    ));
+    cases.push((
+        "truncated tcp",
+        good[..14 + 20 + 10].to_vec(),
+        Reason::PassMalformed,
+    ));
     let mut mf = good.clone();
     mf[20] = 0x20; // more fragments
     cases.push(("first fragment", mf, Reason::PassFragment));
@@ -239,14 +258,22 @@ fn malformed_frames_pass_with_a_counter_and_no_rewrite() {
     cases.push(("ipv6 ethertype", ipv6, Reason::PassIpv6));
     let mut ihl15 = good.clone();
     ihl15[14] = 0x4f; // 60-byte header claimed, only 40 bytes of IP+TCP in the frame
-    cases.push(("options running past the frame", ihl15, Reason::PassMalformed));
+    cases.push((
+        "options running past the frame",
+        ihl15,
+        Reason::PassMalformed,
+    ));
 
     for (name, frame, reason) in cases {
         let before = f.counter(reason);
         let (act, out) = f.xdp(&frame);
         assert_eq!(act, XDP_PASS, "{name}");
         assert_eq!(out, frame, "{name}: must not be rewritten");
-        assert_eq!(f.counter(reason), before + 1, "{name}: counted as {reason:?}");
+        assert_eq!(
+            f.counter(reason),
+            before + 1,
+            "{name}: counted as {reason:?}"
+        );
     }
     assert_eq!(f.counter(Reason::CtNew), 0);
 }

@@ -29,7 +29,11 @@ impl Drop for PinDir {
 }
 
 fn load_pinned(dir: &PinDir) -> Loaded {
-    loader::load(&LoadOptions { pin_dir: Some(dir.0.clone()), conntrack_size: 4096 }).expect("load")
+    loader::load(&LoadOptions {
+        pin_dir: Some(dir.0.clone()),
+        conntrack_size: 4096,
+    })
+    .expect("load")
 }
 
 #[test]
@@ -43,7 +47,11 @@ fn restart_adopts_maps_and_keeps_flows() {
     let mut rec = Reconciler::adopt(maps).unwrap();
     let first = rec.apply(&plan).unwrap();
     assert!(first.tables_swapped > 0 && first.frontends_written > 0);
-    let mut f = Fixture { ebpf, rec, plan: plan.clone() };
+    let mut f = Fixture {
+        ebpf,
+        rec,
+        plan: plan.clone(),
+    };
     let (_, out) = f.xdp(&tcp(CLIENT, 40100, VIP, 80, true));
     let pod = dst(&out);
     drop(f);
@@ -52,13 +60,23 @@ fn restart_adopts_maps_and_keeps_flows() {
     let Loaded { ebpf, maps } = load_pinned(&dir);
     let mut rec = Reconciler::adopt(maps).unwrap();
     let again = rec.apply(&plan).unwrap();
-    assert!(again.is_empty(), "unchanged plan rewrote something: {again:?}");
-    let mut f = Fixture { ebpf, rec, plan: plan.clone() };
+    assert!(
+        again.is_empty(),
+        "unchanged plan rewrote something: {again:?}"
+    );
+    let mut f = Fixture {
+        ebpf,
+        rec,
+        plan: plan.clone(),
+    };
     assert_eq!(f.counter(Reason::CtNew), 1, "counters survive the restart");
 
     // The flow opened before the restart keeps its pod even after its pod leaves the Service.
-    let remaining: Vec<[u8; 4]> =
-        PODS.iter().copied().filter(|p| Ipv4Addr::from(*p) != pod.0).collect();
+    let remaining: Vec<[u8; 4]> = PODS
+        .iter()
+        .copied()
+        .filter(|p| Ipv4Addr::from(*p) != pod.0)
+        .collect();
     f.reprogram(&manifest(&remaining, &[]));
     let (_, out) = f.xdp(&tcp(CLIENT, 40100, VIP, 80, false));
     assert_eq!(dst(&out), pod);
@@ -69,14 +87,26 @@ fn restart_adopts_maps_and_keeps_flows() {
 fn drained_backend_is_released_once_its_flows_are_gone() {
     let mut f = Fixture::new(&manifest(&PODS, &[]));
     let sport = (41000..42000u16)
-        .find(|&p| f.predict("default/web:http/TCP", CLIENT, p, VIP, 80, 6).0 == Ipv4Addr::from(PODS[1]))
+        .find(|&p| {
+            f.predict("default/web:http/TCP", CLIENT, p, VIP, 80, 6).0 == Ipv4Addr::from(PODS[1])
+        })
         .unwrap();
     f.xdp(&tcp(CLIENT, sport, VIP, 80, true));
     let before = f.rec.snapshot().clone();
-    let id = before.services.iter().find(|s| s.name == "default/web:http/TCP").unwrap().backends[1].backend_id;
+    let id = before
+        .services
+        .iter()
+        .find(|s| s.name == "default/web:http/TCP")
+        .unwrap()
+        .backends[1]
+        .backend_id;
 
     f.reprogram(&manifest(&[PODS[0], PODS[2]], &[]));
-    assert_eq!(f.rec.maps.backends.get(&id, 0).unwrap().flags != 0, true, "kept while a flow uses it");
+    assert_ne!(
+        f.rec.maps.backends.get(&id, 0).unwrap().flags,
+        0,
+        "kept while a flow uses it"
+    );
 
     // The flow ends (conntrack entry removed, as the idle sweep would); the next pass releases it.
     let keys: Vec<_> = f.rec.maps.conntrack.keys().map(|k| k.unwrap()).collect();
@@ -95,10 +125,16 @@ fn bad_input_keeps_the_programmed_state() {
     let plan_before = f.plan.clone();
     // A manifest that fails to parse never reaches the reconciler: the caller keeps the last
     // good plan. Check the error names the line.
-    let err = xlb::manifest::load_str(std::path::Path::new("bad.yaml"), "kind: Service\napiVersion: v1\nmetadata: {name: x}\nspec:\n  ports: [{port: http}]\n")
-        .unwrap_err();
+    let err = xlb::manifest::load_str(
+        std::path::Path::new("bad.yaml"),
+        "kind: Service\napiVersion: v1\nmetadata: {name: x}\nspec:\n  ports: [{port: http}]\n",
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("bad.yaml:5:"), "{err}");
     let (_, out) = f.xdp(&tcp(CLIENT, 40200, VIP, 80, true));
-    assert_eq!(dst(&out), f.predict("default/web:http/TCP", CLIENT, 40200, VIP, 80, 6));
+    assert_eq!(
+        dst(&out),
+        f.predict("default/web:http/TCP", CLIENT, 40200, VIP, 80, 6)
+    );
     assert_eq!(f.plan, plan_before);
 }

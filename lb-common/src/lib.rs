@@ -7,6 +7,6 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod hash;
-pub mod maps;
 #[cfg(feature = "std")]
 pub mod maglev;
+pub mod maps;

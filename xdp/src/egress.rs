@@ -3,7 +3,9 @@
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use lb_common::maps::{FlowKey, IPPROTO_UDP, Reason};
 
-use crate::{maps::XLB_REVNAT, parse, stats};
+use xlb_xdp::parse;
+
+use crate::{maps::XLB_REVNAT, stats};
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_F_MARK_MANGLED_0: u64 = 0x20;
@@ -13,7 +15,11 @@ const MAX_HDR_LEN: u32 = 14 + 4 + 60 + 20;
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
     // Headers may sit in paged data on egress: make them linear (never more than the packet).
-    let want = if ctx.len() < MAX_HDR_LEN { ctx.len() } else { MAX_HDR_LEN };
+    let want = if ctx.len() < MAX_HDR_LEN {
+        ctx.len()
+    } else {
+        MAX_HDR_LEN
+    };
     if ctx.data() + (want as usize) > ctx.data_end() && ctx.pull_data(want).is_err() {
         stats::count(Reason::PassMalformed);
         return TC_ACT_OK;
@@ -52,8 +58,17 @@ pub fn run(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn rewrite_snat(ctx: &TcContext, hdr: &parse::Headers, addr: u32, port: u16) -> Result<(), i64> {
     let l4_csum = hdr.l4_csum_off();
-    let mangled = if hdr.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 } else { 0 };
-    ctx.l4_csum_replace(l4_csum, hdr.saddr as u64, addr as u64, BPF_F_PSEUDO_HDR | mangled | 4)?;
+    let mangled = if hdr.proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(
+        l4_csum,
+        hdr.saddr as u64,
+        addr as u64,
+        BPF_F_PSEUDO_HDR | mangled | 4,
+    )?;
     ctx.l3_csum_replace(hdr.l3_off + 10, hdr.saddr as u64, addr as u64, 4)?;
     ctx.store(hdr.l3_off + 12, &addr, 0)?;
     ctx.l4_csum_replace(l4_csum, hdr.sport as u64, port as u64, mangled | 2)?;

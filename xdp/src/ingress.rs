@@ -1,5 +1,7 @@
 //! The XDP packet walk: parse → classify → admit → decide → rewrite → forward.
-use aya_ebpf::{bindings::xdp_action, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns, programs::XdpContext,
+};
 use lb_common::{
     hash::flow_hash,
     maps::{
@@ -8,13 +10,14 @@ use lb_common::{
     },
 };
 
+use xlb_xdp::parse::{self, Headers, TCP_FLAG_ACK, TCP_FLAG_SYN};
+
 use crate::{
     csum,
     maps::{
         XLB_BACKENDS, XLB_CONNTRACK, XLB_FRONTENDS, XLB_LOCAL_ADDRS, XLB_MAGLEV, XLB_REVNAT,
         XLB_SRC_RANGES,
     },
-    parse::{self, Headers, TCP_FLAG_ACK, TCP_FLAG_SYN},
     stats,
 };
 
@@ -63,7 +66,12 @@ fn pass(reason: Reason) -> u32 {
 /// the NodePort wildcard if the destination is one of this node's addresses.
 #[inline(always)]
 fn classify(hdr: &Headers) -> Option<FrontendValue> {
-    let mut key = FrontendKey { addr: hdr.daddr, port: hdr.dport, proto: hdr.proto, _pad: 0 };
+    let mut key = FrontendKey {
+        addr: hdr.daddr,
+        port: hdr.dport,
+        proto: hdr.proto,
+        _pad: 0,
+    };
     // SAFETY: values are plain data copied out immediately.
     if let Some(fe) = unsafe { XLB_FRONTENDS.get(&key) } {
         return Some(*fe);
@@ -81,7 +89,13 @@ fn admit(hdr: &Headers, fe: &FrontendValue) -> bool {
     if fe.flags & FRONTEND_F_SOURCE_RANGES == 0 {
         return true;
     }
-    let key = Key::new(64, SrcRangeKey { service_id_be: fe.service_id.to_be(), addr: hdr.saddr });
+    let key = Key::new(
+        64,
+        SrcRangeKey {
+            service_id_be: fe.service_id.to_be(),
+            addr: hdr.saddr,
+        },
+    );
     XLB_SRC_RANGES.get(&key).is_some()
 }
 
@@ -98,7 +112,8 @@ fn decide(hdr: &Headers, fe: &FrontendValue) -> Result<(u32, Backend), Reason> {
         _pad: [0; 3],
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let is_syn = hdr.proto == IPPROTO_TCP && hdr.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let is_syn =
+        hdr.proto == IPPROTO_TCP && hdr.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     if !is_syn {
         if let Some(ct) = XLB_CONNTRACK.get_ptr_mut(&key) {
             // SAFETY: LRU values stay valid for the program's run; racing writers only store
@@ -140,7 +155,9 @@ fn maglev_pick(hdr: &Headers, fe: &FrontendValue) -> Result<u32, Reason> {
         hdr.proto,
     );
     let slot = h % fe.table_size;
-    let pair = *XLB_MAGLEV.get_value(fe.service_id, &(slot >> 1)).ok_or(Reason::DropNoTable)?;
+    let pair = *XLB_MAGLEV
+        .get_value(fe.service_id, &(slot >> 1))
+        .ok_or(Reason::DropNoTable)?;
     // Select the half with shifts, not an index: the compiler turns an index into a pointer
     // `or`, which the verifier rejects.
     let both = pair[0] as u64 | ((pair[1] as u64) << 32);
@@ -153,8 +170,20 @@ fn maglev_pick(hdr: &Headers, fe: &FrontendValue) -> Result<u32, Reason> {
 
 /// Conntrack for the client's direction, reverse NAT for the reply's.
 #[inline(always)]
-fn record_flow(key: &FlowKey, hdr: &Headers, fe: &FrontendValue, backend_id: u32, b: &Backend, now: u64) {
-    let ct = CtValue { backend_id, frontend_id: fe.frontend_id, created_ns: now, last_seen_ns: now };
+fn record_flow(
+    key: &FlowKey,
+    hdr: &Headers,
+    fe: &FrontendValue,
+    backend_id: u32,
+    b: &Backend,
+    now: u64,
+) {
+    let ct = CtValue {
+        backend_id,
+        frontend_id: fe.frontend_id,
+        created_ns: now,
+        last_seen_ns: now,
+    };
     let reply = FlowKey {
         src_addr: b.addr,
         dst_addr: hdr.saddr,
@@ -163,7 +192,11 @@ fn record_flow(key: &FlowKey, hdr: &Headers, fe: &FrontendValue, backend_id: u32
         proto: hdr.proto,
         _pad: [0; 3],
     };
-    let rev = RevNatValue { frontend_addr: hdr.daddr, frontend_port: hdr.dport, _pad: 0 };
+    let rev = RevNatValue {
+        frontend_addr: hdr.daddr,
+        frontend_port: hdr.dport,
+        _pad: 0,
+    };
     if XLB_CONNTRACK.insert(key, &ct, 0).is_err() || XLB_REVNAT.insert(&reply, &rev, 0).is_err() {
         stats::count(Reason::CtInsertFailed);
     }

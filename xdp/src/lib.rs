@@ -1,3 +1,5 @@
+//! Pieces of xlb's kernel programs that more than one program uses. The programs themselves
+//! are the binary targets: `xlb-xdp` (the datapath) and `xlb-floor` (the benchmark floor).
 #![no_std]
-// The kernel programs live in the `xlb-xdp` binary target; this library target exists so that
-// `control/build.rs` can depend on the crate and be rebuilt when it changes.
+
+pub mod parse;

@@ -11,8 +11,9 @@ mod csum;
 mod egress;
 mod ingress;
 mod maps;
-mod parse;
 mod stats;
+
+use xlb_xdp::parse;
 
 use aya_ebpf::{
     macros::{classifier, xdp},

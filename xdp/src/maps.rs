@@ -4,15 +4,18 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::maps::{
-    MAGLEV_INNER_FLAGS, MaglevPair, maglev_elems, Backend, Counter, CtValue, DEFAULT_CONNTRACK_SIZE, FlowKey, FrontendKey,
-    FrontendValue, MAGLEV_DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_FRONTENDS, MAX_LOCAL_ADDRS,
-    MAX_SERVICES, MAX_SRC_RANGES, REASON_COUNT, RevNatValue, SrcRangeKey,
+    Backend, Counter, CtValue, DEFAULT_CONNTRACK_SIZE, FlowKey, FrontendKey, FrontendValue,
+    MAGLEV_DEFAULT_TABLE_SIZE, MAGLEV_INNER_FLAGS, MAX_BACKENDS, MAX_FRONTENDS, MAX_LOCAL_ADDRS,
+    MAX_SERVICES, MAX_SRC_RANGES, MaglevPair, REASON_COUNT, RevNatValue, SrcRangeKey, maglev_elems,
 };
 
 /// Template of a Service's Maglev table. `BPF_F_INNER_MAP` lets user space swap in tables of
 /// any size M; the program bounds the slot by the frontend's `table_size`.
-pub type MaglevTable =
-    Array<MaglevPair, { maglev_elems(MAGLEV_DEFAULT_TABLE_SIZE) as usize }, { MAGLEV_INNER_FLAGS as usize }>;
+pub type MaglevTable = Array<
+    MaglevPair,
+    { maglev_elems(MAGLEV_DEFAULT_TABLE_SIZE) as usize },
+    { MAGLEV_INNER_FLAGS as usize },
+>;
 
 #[btf_map]
 pub static XLB_FRONTENDS: HashMap<FrontendKey, FrontendValue, { MAX_FRONTENDS as usize }> =

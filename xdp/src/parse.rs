@@ -36,7 +36,11 @@ impl Headers {
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
-        if self.proto == IPPROTO_TCP { self.l4_off + 16 } else { self.l4_off + 6 }
+        if self.proto == IPPROTO_TCP {
+            self.l4_off + 16
+        } else {
+            self.l4_off + 6
+        }
     }
 }
 

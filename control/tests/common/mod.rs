@@ -114,8 +114,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(yaml: &str) -> Self {
-        let Loaded { ebpf, maps } =
-            loader::load(&LoadOptions { pin_dir: None, conntrack_size: 4096 }).expect("load programs");
+        let Loaded { ebpf, maps } = loader::load(&LoadOptions {
+            pin_dir: None,
+            conntrack_size: 4096,
+        })
+        .expect("load programs");
         let mut rec = Reconciler::adopt(maps).expect("adopt");
         let plan = plan_for(yaml);
         rec.apply(&plan).expect("apply");
@@ -132,7 +135,11 @@ impl Fixture {
         let prog = loader::xdp_program(&mut self.ebpf).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
             .expect("test_run");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -143,7 +150,11 @@ impl Fixture {
         let prog = loader::tc_program(&mut self.ebpf).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
             .expect("test_run");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -154,7 +165,15 @@ impl Fixture {
     }
 
     /// The pod Maglev assigns to a flow, computed in user space from the plan.
-    pub fn predict(&self, service: &str, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> (Ipv4Addr, u16) {
+    pub fn predict(
+        &self,
+        service: &str,
+        src: [u8; 4],
+        sport: u16,
+        dst: [u8; 4],
+        dport: u16,
+        proto: u8,
+    ) -> (Ipv4Addr, u16) {
         let svc = self
             .plan
             .services
@@ -162,7 +181,13 @@ impl Fixture {
             .find(|(k, _)| k.to_string() == service)
             .map(|(_, s)| s)
             .unwrap_or_else(|| panic!("no service {service}"));
-        let h = lb_common::hash::flow_hash(u32::from_be_bytes(src), u32::from_be_bytes(dst), sport, dport, proto);
+        let h = lb_common::hash::flow_hash(
+            u32::from_be_bytes(src),
+            u32::from_be_bytes(dst),
+            sport,
+            dport,
+            proto,
+        );
         let i = svc.table[(h % svc.table_size) as usize];
         let b = &svc.backends[i as usize];
         (b.addr, b.port)
@@ -173,7 +198,9 @@ const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
 pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240);
     let b = if syn { b.syn() } else { b.ack(5000) };
     let payload: &[u8] = if syn { &[] } else { b"hello" };
     let mut v = Vec::new();
@@ -216,20 +243,37 @@ pub struct Ipv4View {
 }
 
 pub fn ipv4_view(frame: &[u8]) -> Ipv4View {
-    let l3 = if u16::from_be_bytes([frame[12], frame[13]]) == 0x8100 { 18 } else { 14 };
-    Ipv4View { l3, ihl: ((frame[l3] & 0x0f) as usize) * 4 }
+    let l3 = if u16::from_be_bytes([frame[12], frame[13]]) == 0x8100 {
+        18
+    } else {
+        14
+    };
+    Ipv4View {
+        l3,
+        ihl: ((frame[l3] & 0x0f) as usize) * 4,
+    }
 }
 
 pub fn dst(frame: &[u8]) -> (Ipv4Addr, u16) {
     let v = ipv4_view(frame);
-    let a = Ipv4Addr::new(frame[v.l3 + 16], frame[v.l3 + 17], frame[v.l3 + 18], frame[v.l3 + 19]);
+    let a = Ipv4Addr::new(
+        frame[v.l3 + 16],
+        frame[v.l3 + 17],
+        frame[v.l3 + 18],
+        frame[v.l3 + 19],
+    );
     let l4 = v.l3 + v.ihl;
     (a, u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]))
 }
 
 pub fn src(frame: &[u8]) -> (Ipv4Addr, u16) {
     let v = ipv4_view(frame);
-    let a = Ipv4Addr::new(frame[v.l3 + 12], frame[v.l3 + 13], frame[v.l3 + 14], frame[v.l3 + 15]);
+    let a = Ipv4Addr::new(
+        frame[v.l3 + 12],
+        frame[v.l3 + 13],
+        frame[v.l3 + 14],
+        frame[v.l3 + 15],
+    );
     let l4 = v.l3 + v.ihl;
     (a, u16::from_be_bytes([frame[l4], frame[l4 + 1]]))
 }
