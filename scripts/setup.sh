@@ -25,22 +25,23 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# User-space Rust: the machine's stable toolchain via rustup.
+# User space builds with the machine's stable toolchain (rustup) when there is one, else with
+# Debian's rustc-web, which is new enough for it too.
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
-    echo "setup: rustup/cargo not found; install the stable Rust toolchain with rustup first" >&2
-    exit 1
-fi
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
-
-# Kernel programs: Debian's rustc-web registered as a rustup toolchain named `xlb-bpf`, used by
-# control/build.rs through aya-build's Toolchain::Custom("xlb-bpf") with RUSTC_BOOTSTRAP=1.
-TC_DIR=/opt/xlb-bpf-toolchain
-if ! rustup run xlb-bpf rustc --version >/dev/null 2>&1; then
-    log "registering Debian rustc-web as rustup toolchain xlb-bpf"
-    mkdir -p "$TC_DIR/bin" "$TC_DIR/lib"
-    for b in rustc cargo rustdoc; do ln -sf "/usr/bin/$b" "$TC_DIR/bin/$b"; done
-    rustup toolchain link xlb-bpf "$TC_DIR"
+if command -v rustup >/dev/null; then
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+    # Kernel programs: Debian's rustc-web registered as the rustup toolchain `xlb-bpf`, used by
+    # control/build.rs through aya-build's Toolchain::Custom("xlb-bpf") with RUSTC_BOOTSTRAP=1.
+    TC_DIR=/opt/xlb-bpf-toolchain
+    if ! rustup run xlb-bpf rustc --version >/dev/null 2>&1; then
+        log "registering Debian rustc-web as rustup toolchain xlb-bpf"
+        mkdir -p "$TC_DIR/bin" "$TC_DIR/lib"
+        for b in rustc cargo rustdoc; do ln -sf "/usr/bin/$b" "$TC_DIR/bin/$b"; done
+        rustup toolchain link xlb-bpf "$TC_DIR"
+    fi
+else
+    # Without rustup, aya-build uses the current toolchain: Debian's rustc-web for everything.
+    log "no rustup: building with Debian's rustc-web ($(/usr/bin/rustc --version))"
 fi
 
 # bpf-linker against Debian's LLVM 22.
