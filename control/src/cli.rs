@@ -30,6 +30,8 @@ pub enum Command {
     Stats(OutputArgs),
     /// Detach from an interface; with no interface left, remove the pinned maps.
     Down(DownArgs),
+    /// Print the pin directory of this network namespace's datapath.
+    PinDir(PinArgs),
 }
 
 #[derive(Subcommand, Debug)]

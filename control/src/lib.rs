@@ -1,5 +1,6 @@
 //! The `xlb` control process: config sources, the pure compile step, the map reconciler, the
 //! loader and the CLI's inspection commands.
+pub mod bpf_link;
 pub mod cli;
 pub mod cluster;
 pub mod compile;

@@ -117,10 +117,12 @@ pub fn attach(
     iface: &str,
     mode: XdpMode,
 ) -> anyhow::Result<Attachment> {
-    ifindex(iface)?;
+    let index = ifindex(iface)?;
     fs::create_dir_all(pins::links_dir(pin_dir))?;
     let xdp_pin = pins::xdp_link_pin(pin_dir, iface);
     let tc_pin = pins::tc_link_pin(pin_dir, iface);
+    drop_stale_pin(&xdp_pin, index)?;
+    drop_stale_pin(&tc_pin, index)?;
     let mut outcome = Attachment::Adopted;
     if PinnedLink::from_pin(&xdp_pin).is_err() {
         let prog = xdp_program(ebpf)?;
@@ -153,9 +155,47 @@ pub fn attach(
     Ok(outcome)
 }
 
-/// Whether a pinned XDP link for `iface` exists under `pin_dir`.
-pub fn is_attached(pin_dir: &Path, iface: &str) -> bool {
-    PinnedLink::from_pin(pins::xdp_link_pin(pin_dir, iface)).is_ok()
+/// Removes a pinned link that is no longer attached to interface `index` (its interface was
+/// deleted, or it is a leftover of another namespace), so that `attach` attaches afresh instead
+/// of adopting a link that forwards nothing.
+fn drop_stale_pin(pin: &Path, index: u32) -> anyhow::Result<()> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let attached_to = crate::bpf_link::pinned_link_ifindex(pin)
+        .with_context(|| format!("inspecting pinned link {}", pin.display()))?;
+    if attached_to != index {
+        fs::remove_file(pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes the pins of datapaths whose every pinned link has lost its interface (their
+/// namespace was deleted without `xlb down`, e.g. a killed run). Directories without links are
+/// left alone: they may belong to an `xlb run` that is starting. Returns the directories removed.
+pub fn remove_dead_pin_dirs(own: &Path) -> Vec<PathBuf> {
+    let root = Path::new(pins::BPFFS_ROOT).join("xlb");
+    let mut removed = Vec::new();
+    for ns in fs::read_dir(&root).into_iter().flatten().flatten() {
+        let dir = ns.path().join(lb_common::maps::LAYOUT_VERSION);
+        if dir == own {
+            continue;
+        }
+        let links: Vec<PathBuf> = fs::read_dir(pins::links_dir(&dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        let dead = !links.is_empty()
+            && links
+                .iter()
+                .all(|l| crate::bpf_link::pinned_link_ifindex(l).is_ok_and(|i| i == 0));
+        if dead && remove_pins(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
 }
 
 /// Detaches `iface`; when no interface is left, removes the map pins too (conntrack included).
@@ -205,6 +245,10 @@ pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
         }
         p = dir.parent();
     }
-    let _ = fs::remove_file(pins::state_file(pin_dir));
+    let state = pins::state_file(pin_dir);
+    let _ = fs::remove_file(&state);
+    if let Some(dir) = state.parent() {
+        let _ = fs::remove_dir(dir);
+    }
     Ok(())
 }

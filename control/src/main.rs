@@ -15,6 +15,9 @@ fn main() -> ExitCode {
         } => xlb::inspect::conntrack_list(&args),
         Command::Stats(args) => xlb::inspect::stats(&args),
         Command::Down(args) => xlb::run::down(&args),
+        Command::PinDir(args) => xlb::pins::resolve(args.pin_dir.as_deref()).map(|p| {
+            println!("{}", p.display());
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,5 @@
 //! Where the datapath's pins live, and the checks that make failures there readable.
-use std::{
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use lb_common::maps::LAYOUT_VERSION;
@@ -11,17 +8,45 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The pin directory for this process's network namespace:
-/// `/sys/fs/bpf/xlb/<netns inode>/<layout version>`, so several lab nodes on one host (one
+/// `/sys/fs/bpf/xlb/ns-<netns cookie>/<layout version>`, so several lab nodes on one host (one
 /// `xlb run` per namespace) never share maps, and a CLI started in a namespace finds that
 /// namespace's datapath without flags.
+///
+/// The key is the namespace's cookie, not its inode: the kernel reuses the inode of a deleted
+/// namespace at once, so a new namespace would find (and adopt) the pins a killed run left in
+/// an old one. Cookies are never reused while the system runs.
 pub fn default_pin_dir() -> anyhow::Result<PathBuf> {
-    let ino = std::fs::metadata("/proc/self/ns/net")
-        .context("reading /proc/self/ns/net to key the pin directory")?
-        .ino();
+    let cookie = netns_cookie().context("reading this network namespace's cookie")?;
     Ok(PathBuf::from(BPFFS_ROOT)
         .join("xlb")
-        .join(ino.to_string())
+        .join(format!("ns-{cookie}"))
         .join(LAYOUT_VERSION))
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14) of a throwaway socket: the current network namespace's cookie.
+pub fn netns_cookie() -> std::io::Result<u64> {
+    // SAFETY: plain socket/getsockopt/close on an fd we own, with a correctly sized buffer.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+        Ok(cookie)
+    }
 }
 
 pub fn resolve(pin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {

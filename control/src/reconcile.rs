@@ -87,8 +87,8 @@ pub struct BackendSnapshot {
 pub struct Reconciler {
     pub maps: Maps,
     frontends: HashMap<FrontendKey, FrontendValue>,
-    /// (addr, port) in network order → id.
-    backend_ids: HashMap<(u32, u16), u32>,
+    /// (addr, port) in network order, protocol → id.
+    backend_ids: HashMap<(u32, u16, u8), u32>,
     backends: HashMap<u32, Backend>,
     tables: HashMap<u32, Vec<u32>>,
     src_ranges: HashSet<(u32, u32, u8)>,
@@ -109,7 +109,7 @@ impl Reconciler {
         for id in 0..maps.backends.len() {
             let b = maps.backends.get(&id, 0).context("reading XLB_BACKENDS")?;
             if b.flags != 0 {
-                backend_ids.insert((b.addr, b.port), id);
+                backend_ids.insert((b.addr, b.port, b.proto), id);
                 backends.insert(id, b);
             }
         }
@@ -174,9 +174,10 @@ impl Reconciler {
 
         // 2. Backends: every backend of the plan gets a stable id and an up-to-date record.
         let mut wanted_backends = HashSet::new();
-        for svc in plan.services.values() {
+        for (svc_key, svc) in &plan.services {
+            let proto = svc_key.protocol.number();
             for b in &svc.backends {
-                let key = (be(b.addr), b.port.to_be());
+                let key = (be(b.addr), b.port.to_be(), proto);
                 let rec = Backend {
                     addr: key.0,
                     port: key.1,
@@ -185,7 +186,7 @@ impl Reconciler {
                     } else {
                         BACKEND_F_REMOTE
                     },
-                    _pad: 0,
+                    proto,
                     node_addr: b.node_addr.map(be).unwrap_or(0),
                 };
                 let id = match self.backend_ids.get(&key) {
@@ -236,7 +237,7 @@ impl Reconciler {
                         NO_BACKEND
                     } else {
                         let b = &svc.backends[i as usize];
-                        self.backend_ids[&(be(b.addr), b.port.to_be())]
+                        self.backend_ids[&(be(b.addr), b.port.to_be(), key.protocol.number())]
                     }
                 })
                 .collect();
@@ -388,7 +389,7 @@ impl Reconciler {
                 .set(id, Backend::default(), 0)
                 .context("clearing XLB_BACKENDS")?;
             if let Some(b) = self.backends.remove(&id) {
-                self.backend_ids.remove(&(b.addr, b.port));
+                self.backend_ids.remove(&(b.addr, b.port, b.proto));
             }
             released += 1;
         }
@@ -472,7 +473,7 @@ impl Reconciler {
                                 (BackendState::Terminating, _) => "terminating",
                             }
                             .to_string(),
-                            backend_id: self.backend_ids[&(be(b.addr), b.port.to_be())],
+                            backend_id: self.backend_ids[&(be(b.addr), b.port.to_be(), proto)],
                             slots: slots[i],
                         })
                         .collect(),

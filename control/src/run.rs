@@ -57,6 +57,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         XdpModeArg::Generic => XdpMode::Skb,
     };
 
+    for dir in loader::remove_dead_pin_dirs(&pin_dir) {
+        log(format!(
+            "removed the pins of a datapath whose interfaces are gone: {}",
+            dir.display()
+        ));
+    }
     let mut loaded = loader::load(&loader::LoadOptions {
         pin_dir: Some(pin_dir.clone()),
         conntrack_size: args.conntrack_size,

@@ -128,7 +128,9 @@ pub struct Backend {
     pub port: u16,
     /// `BACKEND_F_*` bits; 0 for an unused slot.
     pub flags: u8,
-    pub _pad: u8,
+    /// IP protocol of the Service port: a pod's TCP and UDP ports are distinct backends with
+    /// their own counters.
+    pub proto: u8,
     /// Address of the node the pod runs on (network order).
     pub node_addr: u32,
 }

@@ -1,0 +1,592 @@
+//! Running the real `xlb` binary inside a lab node, and reading what its CLI reports.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use lb_common::hash::flow_hash;
+use lb_common::maglev::{MaglevBackend, MaglevTable, build_table};
+use serde::Deserialize;
+
+use super::netns::{COMMAND_TIMEOUT, describe, run_with_timeout};
+use super::{Host, Lab, check_interrupted};
+
+/// Finds the `xlb` binary: `$XLB_BIN`, else `<workspace>/target/release/xlb`, else
+/// `<workspace>/target/debug/xlb` (then `$CARGO_TARGET_DIR/{release,debug}/xlb` and `xlb` next
+/// to the running executable).
+pub fn xlb_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("XLB_BIN") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("XLB_BIN={} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let ws = workspace_dir();
+    let candidates = [ws.join("target/release/xlb"), ws.join("target/debug/xlb")];
+    if let (Ok(r), Ok(d)) = (fs::metadata(&candidates[0]), fs::metadata(&candidates[1]))
+        && let (Ok(rt), Ok(dt)) = (r.modified(), d.modified())
+        && dt > rt
+    {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            super::netns::log(&format!(
+                "lab: note: using {}, although {} is newer (set XLB_BIN to choose)",
+                candidates[0].display(),
+                candidates[1].display()
+            ))
+        });
+    }
+    // Fallbacks: a custom target directory, and the directory of the running executable
+    // (`xlb-bench` is built next to `xlb`).
+    let mut fallbacks = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        let t = PathBuf::from(t);
+        fallbacks.extend([t.join("release/xlb"), t.join("debug/xlb")]);
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        fallbacks.push(dir.join("xlb"));
+    }
+    candidates.iter().chain(&fallbacks).find(|p| p.is_file()).cloned().ok_or_else(|| {
+        anyhow!(
+            "no xlb binary: looked for $XLB_BIN, {} and {}; build it with `cargo build --release -p xlb`",
+            candidates[0].display(),
+            candidates[1].display()
+        )
+    })
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Runs the `xlb` CLI with `args` inside `host`'s namespace (bounded by [`COMMAND_TIMEOUT`]).
+pub fn xlb_cli(host: &Host, args: &[&str]) -> Result<Output> {
+    let bin = xlb_binary()?;
+    let mut cmd = host.netns().command(&bin);
+    cmd.args(args);
+    run_with_timeout(&mut cmd, COMMAND_TIMEOUT)
+}
+
+/// Like [`xlb_cli`], but fails unless it exits 0; returns stdout.
+pub fn xlb_cli_checked(host: &Host, args: &[&str]) -> Result<String> {
+    let out = xlb_cli(host, args)?;
+    if !out.status.success() {
+        bail!(
+            "`xlb {}` in {} failed ({}): {}",
+            args.join(" "),
+            host.name(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Options for [`XlbProcess::start`].
+#[derive(Clone, Debug)]
+pub struct XlbOptions {
+    /// The lab node to run in (also `--node-name`).
+    pub node: String,
+    /// Interfaces to attach to (default: the node's uplink).
+    pub ifaces: Vec<String>,
+    pub manifests: PathBuf,
+    /// `--pin-dir` for `xlb run` and every CLI call of this process (default: xlb's own,
+    /// keyed by the namespace).
+    pub pin_dir: Option<PathBuf>,
+    /// Anything else for `xlb run` (`--xdp-mode generic`, `--maglev-table-size 251`, ...).
+    pub extra_args: Vec<String>,
+}
+
+impl XlbOptions {
+    pub fn new(node: &str, manifests: &Path) -> XlbOptions {
+        XlbOptions {
+            node: node.into(),
+            ifaces: vec![super::topology::UPLINK.into()],
+            manifests: manifests.to_path_buf(),
+            pin_dir: None,
+            extra_args: vec![],
+        }
+    }
+}
+
+/// A running `xlb run` in a lab node. Dropping it stops the process (SIGTERM, then SIGKILL)
+/// and runs `xlb down --iface ...` in the namespace, so no attachment or pin outlives it.
+pub struct XlbProcess<'lab> {
+    host: &'lab Host,
+    bin: PathBuf,
+    ifaces: Vec<String>,
+    pin_dir: Option<PathBuf>,
+    child: Option<Child>,
+    exit: Option<ExitStatus>,
+    log: PathBuf,
+    down_done: bool,
+}
+
+impl<'lab> XlbProcess<'lab> {
+    /// Starts `nsenter --net=<node> -- xlb run --iface ... --node-name NODE --manifests DIR`,
+    /// stderr (and stdout) to `<lab workdir>/xlb-<node>.log`.
+    pub fn start(lab: &'lab Lab, opts: &XlbOptions) -> Result<XlbProcess<'lab>> {
+        let bin = xlb_binary()?;
+        let host = lab.host(&opts.node);
+        let log = (1..)
+            .map(|i| match i {
+                1 => lab.workdir().join(format!("xlb-{}.log", opts.node)),
+                i => lab.workdir().join(format!("xlb-{}-{i}.log", opts.node)),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
+        let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = host.netns().command(&bin);
+        cmd.arg("run");
+        for i in &opts.ifaces {
+            cmd.args(["--iface", i]);
+        }
+        cmd.args(["--node-name", &opts.node])
+            .arg("--manifests")
+            .arg(&opts.manifests);
+        if let Some(p) = &opts.pin_dir {
+            cmd.arg("--pin-dir").arg(p);
+        }
+        cmd.args(&opts.extra_args);
+        cmd.stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        // SAFETY: prctl is async-signal-safe; it makes the kernel stop xlb if we die.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let desc = describe(&cmd);
+        let child = cmd.spawn().with_context(|| format!("starting `{desc}`"))?;
+        super::netns::log(&format!(
+            "lab: started `{desc}` (pid {}), log {}",
+            child.id(),
+            log.display()
+        ));
+        Ok(XlbProcess {
+            host,
+            bin,
+            ifaces: opts.ifaces.clone(),
+            pin_dir: opts.pin_dir.clone(),
+            child: Some(child),
+            exit: None,
+            log,
+            down_done: false,
+        })
+    }
+
+    pub fn host(&self) -> &'lab Host {
+        self.host
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The process's output so far (last `max` bytes).
+    pub fn log_tail(&self, max: usize) -> String {
+        let text = fs::read(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(max);
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none()
+            && let Some(c) = self.child.as_mut()
+            && let Ok(Some(st)) = c.try_wait()
+        {
+            self.exit = Some(st);
+        }
+        self.exit
+    }
+
+    /// Runs the `xlb` CLI in the same namespace (with this process's `--pin-dir`, if any).
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let mut args: Vec<&str> = args.to_vec();
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        if let Some(p) = &pin {
+            args.extend(["--pin-dir", p.as_str()]);
+        }
+        xlb_cli_checked(self.host, &args)
+    }
+
+    /// Leaves the datapath in place when this is dropped (no `xlb down`): for restart and
+    /// adoption tests, where a later `xlb run` takes over.
+    pub fn keep_datapath(&mut self) {
+        self.down_done = true;
+    }
+
+    /// `xlb services -o json`.
+    pub fn services(&self) -> Result<Vec<ServiceStatus>> {
+        let out = self.cli(&["services", "-o", "json"])?;
+        let parsed: ServicesOutput = serde_json::from_str(&out)
+            .with_context(|| format!("parsing `xlb services -o json` output: {out}"))?;
+        Ok(parsed.services)
+    }
+
+    /// `xlb stats -o json`.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let out = self.cli(&["stats", "-o", "json"])?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("parsing `xlb stats -o json` output: {out}"))
+    }
+
+    /// The global counter `name` from `xlb stats -o json` (`counters.<name>`).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let stats = self.stats()?;
+        stats
+            .get("counters")
+            .and_then(|c| c.get(name))
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| anyhow!("`xlb stats -o json` has no counters.{name}: {stats}"))
+    }
+
+    /// `xlb conntrack list -o json`.
+    pub fn conntrack(&self) -> Result<Vec<FlowStatus>> {
+        let out = self.cli(&["conntrack", "list", "-o", "json"])?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("parsing `xlb conntrack list -o json` output: {out}"))
+    }
+
+    /// Polls `xlb services -o json` (every 200 ms, up to `timeout`) until `ready` accepts it;
+    /// fails early (with the log) if the process exits.
+    pub fn wait_until<F>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut ready: F,
+    ) -> Result<Vec<ServiceStatus>>
+    where
+        F: FnMut(&[ServiceStatus]) -> bool,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            check_interrupted()?;
+            if let Some(st) = self.try_exit() {
+                bail!(
+                    "xlb run exited ({st}) while waiting for {what}; its log:\n{}",
+                    self.log_tail(4000)
+                );
+            }
+            match self.services() {
+                Ok(s) if ready(&s) => return Ok(s),
+                Ok(s) => {
+                    last = serde_json::to_string(
+                        &s.iter().map(ServiceStatus::summary).collect::<Vec<_>>(),
+                    )?
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; last `xlb services`: {last}\nxlb log:\n{}",
+                    self.log_tail(4000)
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until Service `name` shows frontends `frontends` (`(addr or None for NodePort,
+    /// port)`, at least these) and exactly the ready backends `backends`; returns it.
+    pub fn wait_for_service(
+        &mut self,
+        name: &str,
+        frontends: &[(Option<Ipv4Addr>, u16)],
+        backends: &[Ipv4Addr],
+        timeout: Duration,
+    ) -> Result<ServiceStatus> {
+        let want_be: BTreeSet<Ipv4Addr> = backends.iter().copied().collect();
+        let what =
+            format!("service {name} with frontends {frontends:?} and ready backends {want_be:?}");
+        let all = self.wait_until(timeout, &what, |svcs| {
+            svcs.iter().find(|s| s.name == name).is_some_and(|s| {
+                frontends
+                    .iter()
+                    .all(|f| s.frontends.iter().any(|x| (x.addr, x.port) == *f))
+                    && s.ready_backends() == want_be
+            })
+        })?;
+        Ok(all.into_iter().find(|s| s.name == name).expect("checked"))
+    }
+
+    /// Stops the process (SIGTERM, up to 10 s, then SIGKILL) and returns how it ended. The
+    /// datapath stays attached until [`Self::down`] (or drop).
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        if let Some(st) = self.try_exit() {
+            return Ok(st);
+        }
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("no xlb process"))?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                self.exit = Some(st);
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let st = child.wait()?;
+                self.exit = Some(st);
+                bail!("xlb run did not stop within 10 s of SIGTERM; killed");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `xlb down --iface ...` in the node.
+    pub fn down(&mut self) -> Result<()> {
+        self.down_done = true;
+        let mut cmd = self.host.netns().command(&self.bin);
+        cmd.arg("down");
+        for i in &self.ifaces {
+            cmd.args(["--iface", i]);
+        }
+        if let Some(p) = &self.pin_dir {
+            cmd.arg("--pin-dir").arg(p);
+        }
+        let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT)?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed ({}): {}",
+                describe(&cmd),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for XlbProcess<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            super::netns::log(&format!("lab: {e:#}"));
+        }
+        if thread::panicking() {
+            super::netns::log(&format!(
+                "lab: xlb log ({}):\n{}",
+                self.log.display(),
+                self.log_tail(4000)
+            ));
+        }
+        if !self.down_done
+            && let Err(e) = self.down()
+        {
+            super::netns::log(&format!("lab: {e:#}"));
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ServicesOutput {
+    services: Vec<ServiceStatus>,
+}
+
+/// One Service port as `xlb services -o json` shows it.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default)]
+    pub service_id: u32,
+    pub table_size: u32,
+    #[serde(default)]
+    pub frontends: Vec<FrontendStatus>,
+    #[serde(default)]
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct FrontendStatus {
+    /// `None` for a NodePort (any node address).
+    pub addr: Option<Ipv4Addr>,
+    pub port: u16,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub frontend_id: u32,
+    #[serde(default)]
+    pub packets: u64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct BackendStatus {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub local: bool,
+    #[serde(default)]
+    pub weight: u32,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub backend_id: u32,
+    #[serde(default)]
+    pub slots: u32,
+    #[serde(default)]
+    pub packets: u64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+impl BackendStatus {
+    /// Ready for new flows: state `ready` and a weight above 0.
+    pub fn is_ready(&self) -> bool {
+        self.state == "ready" && self.weight > 0
+    }
+}
+
+impl ServiceStatus {
+    pub fn ready_backends(&self) -> BTreeSet<Ipv4Addr> {
+        self.backends
+            .iter()
+            .filter(|b| b.is_ready())
+            .map(|b| b.addr)
+            .collect()
+    }
+
+    /// The frontend at `(addr, port)` (`None` = the NodePort).
+    pub fn frontend(&self, addr: Option<Ipv4Addr>, port: u16) -> Option<&FrontendStatus> {
+        self.frontends
+            .iter()
+            .find(|f| f.addr == addr && f.port == port)
+    }
+
+    pub fn backend(&self, addr: Ipv4Addr) -> Option<&BackendStatus> {
+        self.backends.iter().find(|b| b.addr == addr)
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "frontends": self.frontends.iter().map(|f| format!("{:?}:{} {}", f.addr, f.port, f.kind)).collect::<Vec<_>>(),
+            "backends": self.backends.iter().map(|b| format!("{}:{} {} w{}", b.addr, b.port, b.state, b.weight)).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The Maglev table xlb should have programmed for this Service: built from its backends
+    /// (a backend that is not ready counts with weight 0) at its table size.
+    pub fn maglev(&self) -> Result<Predictor> {
+        let backends: Vec<MaglevBackend> = self
+            .backends
+            .iter()
+            .map(|b| {
+                MaglevBackend::from_ipv4(b.addr, b.port, if b.is_ready() { b.weight } else { 0 })
+            })
+            .collect();
+        let table = build_table(&backends, self.table_size).map_err(|e| anyhow!("{e}"))?;
+        Ok(Predictor {
+            table,
+            proto: proto_number(&self.protocol)?,
+        })
+    }
+}
+
+fn proto_number(p: &str) -> Result<u8> {
+    match p.to_ascii_uppercase().as_str() {
+        "TCP" => Ok(6),
+        "UDP" => Ok(17),
+        other => bail!("unknown protocol {other:?}"),
+    }
+}
+
+/// Predicts the backend of a new flow the way the datapath picks it:
+/// `table[flow_hash(client, frontend, client_port, frontend_port, proto) % M]`.
+#[derive(Debug)]
+pub struct Predictor {
+    table: MaglevTable,
+    proto: u8,
+}
+
+impl Predictor {
+    pub fn new(table: MaglevTable, proto: u8) -> Predictor {
+        Predictor { table, proto }
+    }
+
+    /// The backend address for a flow from `client:client_port` to `frontend:frontend_port`
+    /// (`frontend` is the address the client sent to: the VIP, or the node address for a
+    /// NodePort).
+    pub fn backend(
+        &self,
+        client: Ipv4Addr,
+        client_port: u16,
+        frontend: Ipv4Addr,
+        frontend_port: u16,
+    ) -> Option<Ipv4Addr> {
+        let h = flow_hash(
+            u32::from(client),
+            u32::from(frontend),
+            client_port,
+            frontend_port,
+            self.proto,
+        );
+        self.table.lookup(h).map(|b| b.ipv4())
+    }
+
+    pub fn table(&self) -> &MaglevTable {
+        &self.table
+    }
+
+    /// A source port in `ports` whose flow lands on `want` (for steering a test connection).
+    pub fn port_for(
+        &self,
+        want: Ipv4Addr,
+        client: Ipv4Addr,
+        frontend: Ipv4Addr,
+        frontend_port: u16,
+        ports: impl IntoIterator<Item = u16>,
+    ) -> Option<u16> {
+        ports
+            .into_iter()
+            .find(|&p| self.backend(client, p, frontend, frontend_port) == Some(want))
+    }
+}
+
+/// One flow of `xlb conntrack list -o json`.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct FlowStatus {
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+    pub frontend: Option<Ipv4Addr>,
+    pub frontend_port: u16,
+    pub protocol: String,
+    pub backend: Ipv4Addr,
+    pub backend_port: u16,
+    #[serde(default)]
+    pub backend_id: u32,
+    #[serde(default)]
+    pub age_s: f64,
+    #[serde(default)]
+    pub idle_s: f64,
+}
