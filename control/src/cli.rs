@@ -76,7 +76,7 @@ pub struct RunArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct PinArgs {
-    /// Pin directory (default: /sys/fs/bpf/xlb/<netns inode>/<layout version>).
+    /// Pin directory (default: /sys/fs/bpf/xlb/ns-<netns cookie>/<layout version>).
     #[arg(long, global = true)]
     pub pin_dir: Option<PathBuf>,
 }

@@ -256,7 +256,7 @@ pub fn clean_stale_once() {
 /// was killed). First, in every such namespace, it detaches whatever `xlb` left there
 /// (`xlb down --iface IF` for each interface with an XDP program or a pinned xlb link under
 /// the namespace's default pin directory, when an `xlb` binary is found), so no pins are left
-/// behind to be adopted by a later namespace that reuses the inode; then it deletes them all.
+/// behind; then it deletes them all.
 /// (Two passes: deleting one namespace of a veth pair removes the peer in the other.)
 /// Returns the names removed.
 pub fn clean_stale() -> Vec<String> {
@@ -306,7 +306,7 @@ pub fn clean_stale() -> Vec<String> {
 
 /// Interfaces of `ns` that xlb may have attached to: those with an XDP program, and those with
 /// a pinned xlb XDP link under the namespace's default pin directory
-/// (`/sys/fs/bpf/xlb/<netns inode>/<version>/links/xdp-<iface>`).
+/// (`xlb pin-dir` run inside the namespace, then `links/xdp-<iface>`).
 fn xlb_interfaces(ns: &Netns) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     if let Ok(out) = ns.ip(&["-j", "link", "show"])
