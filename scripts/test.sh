@@ -7,4 +7,13 @@ bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # The end-to-end tests drive the release binaries.
 cargo build --release --bins -p xlb -p xlb-bench
-cargo test --release "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one per binary, the last often "0 passed"
+# for doc tests).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
