@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// Maglev table size M (prime, at most 131071).
     #[arg(long, default_value_t = MAGLEV_DEFAULT_TABLE_SIZE)]
     pub maglev_table_size: u32,
+    /// UDP port of the Geneve tunnel between nodes (the same on every node).
+    #[arg(long, default_value_t = lb_common::maps::GENEVE_PORT)]
+    pub tunnel_port: u16,
     /// Conntrack capacity (flows); also the reverse-NAT capacity.
     #[arg(long, default_value_t = DEFAULT_CONNTRACK_SIZE)]
     pub conntrack_size: u32,

@@ -24,6 +24,8 @@ pub struct Maps {
     pub global_stats: PerCpuArray<MapData, u64>,
     pub frontend_stats: PerCpuArray<MapData, Counter>,
     pub backend_stats: PerCpuArray<MapData, Counter>,
+    pub config: Array<MapData, Config>,
+    pub nodes: HashMap<MapData, u32, u32>,
 }
 
 fn typed<T: TryFrom<Map>>(map: Map, name: &str) -> anyhow::Result<T>
@@ -64,6 +66,8 @@ impl Maps {
             global_stats: typed(get(MAP_GLOBAL_STATS)?, MAP_GLOBAL_STATS)?,
             frontend_stats: typed(get(MAP_FRONTEND_STATS)?, MAP_FRONTEND_STATS)?,
             backend_stats: typed(get(MAP_BACKEND_STATS)?, MAP_BACKEND_STATS)?,
+            config: typed(get(MAP_CONFIG)?, MAP_CONFIG)?,
+            nodes: typed(get(MAP_NODES)?, MAP_NODES)?,
         })
     }
 

@@ -15,3 +15,4 @@ pub mod plan;
 pub mod reconcile;
 pub mod run;
 pub mod table_map;
+pub mod tunnel;

@@ -93,6 +93,8 @@ pub struct Reconciler {
     tables: HashMap<u32, Vec<u32>>,
     src_ranges: HashSet<(u32, u32, u8)>,
     local_addrs: HashSet<u32>,
+    nodes: HashSet<u32>,
+    config: Config,
     snapshot: Snapshot,
 }
 
@@ -136,6 +138,11 @@ impl Reconciler {
                 (k.prefix_len() - 32) as u8,
             ));
         }
+        let mut nodes = HashSet::new();
+        for k in maps.nodes.keys() {
+            nodes.insert(k.context("reading XLB_NODES")?);
+        }
+        let config = maps.config.get(&0, 0).context("reading XLB_CONFIG")?;
         let mut local_addrs = HashSet::new();
         for k in maps.local_addrs.keys() {
             local_addrs.insert(k.context("reading XLB_LOCAL_ADDRS")?);
@@ -148,6 +155,8 @@ impl Reconciler {
             tables,
             src_ranges,
             local_addrs,
+            nodes,
+            config,
             snapshot: Snapshot::default(),
         })
     }
@@ -353,6 +362,40 @@ impl Reconciler {
 
         self.snapshot = self.build_snapshot(plan, &service_ids);
         Ok(report)
+    }
+
+    /// Makes `XLB_CONFIG` and `XLB_NODES` hold `plan`: known nodes are added before the own
+    /// address changes and removed after. Returns how many entries changed.
+    pub fn apply_tunnel(&mut self, plan: &crate::tunnel::TunnelPlan) -> anyhow::Result<usize> {
+        let mut changed = 0;
+        let want: HashSet<u32> = plan.nodes.iter().map(|a| be(*a)).collect();
+        for a in want.difference(&self.nodes.clone()) {
+            self.maps
+                .nodes
+                .insert(a, 1, 0)
+                .context("writing XLB_NODES")?;
+            self.nodes.insert(*a);
+            changed += 1;
+        }
+        let config = Config {
+            node_addr: plan.node_addr.map(be).unwrap_or(0),
+            tunnel_port: plan.port.to_be(),
+            _pad: 0,
+        };
+        if config != self.config {
+            self.maps
+                .config
+                .set(0, config, 0)
+                .context("writing XLB_CONFIG")?;
+            self.config = config;
+            changed += 1;
+        }
+        for a in self.nodes.clone().difference(&want) {
+            remove_ok(self.maps.nodes.remove(a)).context("removing from XLB_NODES")?;
+            self.nodes.remove(a);
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     /// Releases backend ids that are neither planned nor referenced by a conntrack entry.

@@ -152,6 +152,8 @@ fn program(
     for iface in &args.ifaces {
         extra.extend(ifaddrs::ipv4_addrs(iface)?);
     }
+    let tunnel =
+        crate::tunnel::tunnel_plan(&loaded.state, &args.node_name, args.tunnel_port, &extra);
     let node = NodeIdentity {
         node_name: args.node_name.clone(),
         table_size: args.maglev_table_size,
@@ -159,6 +161,11 @@ fn program(
     };
     let plan = compile(&loaded.state, &node);
     reconcile::check_capacity(&plan)?;
+    // Tunnel settings first: tables may point at remote backends once applied.
+    reconciler.apply_tunnel(&tunnel)?;
+    for w in &tunnel.warnings {
+        log(format!("warning: {w}"));
+    }
     let report = reconciler.apply(&plan)?;
     write_state(pin_dir, reconciler)?;
     Ok((plan, report))

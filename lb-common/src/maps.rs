@@ -8,8 +8,8 @@
 //! Changing any layout here requires bumping [`LAYOUT_VERSION`]: pins live in a directory named
 //! after it, so a new `xlb` never reads maps of an old layout.
 
-/// Pins live under `/sys/fs/bpf/xlb/<netns inode>/<LAYOUT_VERSION>/`.
-pub const LAYOUT_VERSION: &str = "v1";
+/// Pins live under `/sys/fs/bpf/xlb/ns-<netns cookie>/<LAYOUT_VERSION>/`.
+pub const LAYOUT_VERSION: &str = "v2";
 
 // ---- map names (the `#[btf_map]` statics in the kernel crate carry exactly these names) ----
 pub const MAP_FRONTENDS: &str = "XLB_FRONTENDS";
@@ -22,9 +22,11 @@ pub const MAP_SRC_RANGES: &str = "XLB_SRC_RANGES";
 pub const MAP_GLOBAL_STATS: &str = "XLB_GLOBAL_STATS";
 pub const MAP_FRONTEND_STATS: &str = "XLB_FRONTEND_STATS";
 pub const MAP_BACKEND_STATS: &str = "XLB_BACKEND_STATS";
+pub const MAP_CONFIG: &str = "XLB_CONFIG";
+pub const MAP_NODES: &str = "XLB_NODES";
 
 /// Every map the programs own; the loader pins each of these.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_FRONTENDS,
     MAP_LOCAL_ADDRS,
     MAP_BACKENDS,
@@ -35,6 +37,8 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_GLOBAL_STATS,
     MAP_FRONTEND_STATS,
     MAP_BACKEND_STATS,
+    MAP_CONFIG,
+    MAP_NODES,
 ];
 
 // ---- program names ----
@@ -115,7 +119,7 @@ pub type LocalAddrKey = u32;
 
 /// The backend runs on this node: DNAT and hand to the kernel, which routes to the pod.
 pub const BACKEND_F_LOCAL: u8 = 1;
-/// The backend runs on another node (reached through the kernel's routes until encapsulation).
+/// The backend runs on another node: encapsulate to `node_addr`.
 pub const BACKEND_F_REMOTE: u8 = 2;
 
 /// Value of `XLB_BACKENDS`, indexed by backend id.
@@ -188,6 +192,67 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// Geneve (RFC 8926), the encapsulation between an edge node and a backend's node. Chosen over
+/// GUE because it is a standard with a registered port that tcpdump and Wireshark decode, and
+/// because its TLV options carry the frontend the client used without inventing a header.
+pub const GENEVE_PORT: u16 = 6081;
+/// Geneve protocol type of the payload: an IPv4 packet (no inner Ethernet header).
+pub const GENEVE_PROTO_IPV4: u16 = 0x0800;
+/// Option class for xlb's option (from the range RFC 8926 reserves for experimental use).
+pub const XLB_OPT_CLASS: u16 = 0xfff0;
+/// Option type: "frontend" (not critical: a receiver that does not know it may still decap).
+pub const XLB_OPT_TYPE_FRONTEND: u8 = 0x01;
+/// Length of our option's data, in 4-byte words.
+pub const XLB_OPT_LEN_WORDS: u8 = 2;
+
+/// The Geneve header as it appears on the wire (8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GeneveHdr {
+    /// Version (2 bits, 0) and options length in 4-byte words (6 bits).
+    pub ver_opt_len: u8,
+    /// O (control) and C (critical options) bits, then reserved.
+    pub flags: u8,
+    /// Payload protocol (network order).
+    pub proto: u16,
+    /// VNI (24 bits, 0) and a reserved byte.
+    pub vni_rsvd: [u8; 4],
+}
+
+/// xlb's Geneve option: the frontend the client sent to, so the backend's node can give the
+/// reply that source (12 bytes on the wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FrontendOpt {
+    pub class: u16,
+    pub opt_type: u8,
+    /// Reserved bits and the data length in 4-byte words.
+    pub len: u8,
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Bytes the encapsulation adds: outer IPv4, UDP, Geneve and the frontend option.
+pub const ENCAP_OVERHEAD: u32 = 20 + 8 + 8 + 12;
+
+/// Value of `XLB_CONFIG` (an array of one): node-wide settings user space gives the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// This node's address: the outer source of encapsulated packets (network order; 0 =
+    /// unknown, remote backends are then dropped and counted).
+    pub node_addr: u32,
+    /// The Geneve port (network order).
+    pub tunnel_port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `XLB_NODES`: the address of a known cluster node (network order). Value: unused `u32`.
+/// Only these may send us tunnel packets.
+pub const MAX_NODES: u32 = 16_384;
+
 /// Index into `XLB_GLOBAL_STATS` (per-CPU `u64`): why a packet left the datapath the way it did.
 /// Every early exit of a program increments exactly one of these.
 #[repr(u32)]
@@ -211,25 +276,43 @@ pub enum Reason {
     DropNoBackend = 7,
     /// DNAT to a pod on this node, handed to the kernel to deliver.
     FwdLocal = 8,
-    /// DNAT to a pod on another node, handed to the kernel's routing (until encapsulation).
-    FwdRemoteRouted = 9,
     /// A new flow was recorded in conntrack (Maglev pick).
-    CtNew = 10,
+    CtNew = 9,
     /// A packet matched an existing conntrack entry.
-    CtHit = 11,
+    CtHit = 10,
     /// A flow's conntrack entry pointed to a backend that is gone: re-picked.
-    CtStaleBackend = 12,
+    CtStaleBackend = 11,
     /// conntrack or reverse-NAT insert failed. The packet is still forwarded.
-    CtInsertFailed = 13,
+    CtInsertFailed = 12,
     /// TC egress: a reply's source was rewritten to the frontend.
-    ReplyRewritten = 14,
+    ReplyRewritten = 13,
     /// TC egress: not one of our replies. Passed.
-    ReplyPass = 15,
-    /// The Maglev table of the Service is missing (being replaced). Passed... never: dropped.
-    DropNoTable = 16,
+    ReplyPass = 14,
+    /// The Service's Maglev table is missing. Dropped.
+    DropNoTable = 15,
+    /// Encapsulated to the backend's node and sent back out the ingress interface (`XDP_TX`).
+    FwdEncapTx = 16,
+    /// Encapsulated to the backend's node and redirected to another interface.
+    FwdEncapRedirect = 17,
+    /// Encapsulated, but the FIB lookup gave no next hop (no neighbour yet, no route, forwarding off): handed to the kernel to route.
+    EncapFibPass = 18,
+    /// Too big to encapsulate within the egress MTU: ICMP fragmentation-needed sent to the client.
+    IcmpTooBig = 19,
+    /// Too big to encapsulate and no ICMP could be built (DF clear, or IPv4 options). Dropped.
+    DropTooBig = 20,
+    /// A remote backend whose node address, or this node's own address, is unknown. Dropped.
+    DropNoNodeAddr = 21,
+    /// A tunnel packet from a known node was decapsulated and handed to the kernel for its pod.
+    Decap = 22,
+    /// A tunnel packet whose outer source is not a known cluster node. Dropped.
+    DropTunnelUnknownNode = 23,
+    /// A packet to our tunnel port that is not a well-formed xlb Geneve packet. Dropped.
+    DropTunnelMalformed = 24,
+    /// Growing or shrinking the frame failed (the driver lacks headroom). Dropped.
+    EncapFailed = 25,
 }
 
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 26;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -242,7 +325,6 @@ impl Reason {
         Reason::DropSourceRange,
         Reason::DropNoBackend,
         Reason::FwdLocal,
-        Reason::FwdRemoteRouted,
         Reason::CtNew,
         Reason::CtHit,
         Reason::CtStaleBackend,
@@ -250,6 +332,16 @@ impl Reason {
         Reason::ReplyRewritten,
         Reason::ReplyPass,
         Reason::DropNoTable,
+        Reason::FwdEncapTx,
+        Reason::FwdEncapRedirect,
+        Reason::EncapFibPass,
+        Reason::IcmpTooBig,
+        Reason::DropTooBig,
+        Reason::DropNoNodeAddr,
+        Reason::Decap,
+        Reason::DropTunnelUnknownNode,
+        Reason::DropTunnelMalformed,
+        Reason::EncapFailed,
     ];
 
     /// Stable snake_case name used by the CLI, JSON output and metrics.
@@ -264,7 +356,6 @@ impl Reason {
             Reason::DropSourceRange => "drop_source_range",
             Reason::DropNoBackend => "drop_no_backend",
             Reason::FwdLocal => "forward_local",
-            Reason::FwdRemoteRouted => "forward_remote_routed",
             Reason::CtNew => "conntrack_new",
             Reason::CtHit => "conntrack_hit",
             Reason::CtStaleBackend => "conntrack_stale_backend",
@@ -272,6 +363,16 @@ impl Reason {
             Reason::ReplyRewritten => "reply_rewritten",
             Reason::ReplyPass => "reply_pass",
             Reason::DropNoTable => "drop_no_table",
+            Reason::FwdEncapTx => "forward_encap_tx",
+            Reason::FwdEncapRedirect => "forward_encap_redirect",
+            Reason::EncapFibPass => "encap_fib_pass",
+            Reason::IcmpTooBig => "icmp_too_big",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::DropNoNodeAddr => "drop_no_node_addr",
+            Reason::Decap => "decap",
+            Reason::DropTunnelUnknownNode => "drop_tunnel_unknown_node",
+            Reason::DropTunnelMalformed => "drop_tunnel_malformed",
+            Reason::EncapFailed => "encap_failed",
         }
     }
 }
@@ -285,6 +386,9 @@ const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
 const _: () = assert!(core::mem::size_of::<RevNatValue>() == 8);
 const _: () = assert!(core::mem::size_of::<SrcRangeKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<GeneveHdr>() == 8);
+const _: () = assert!(core::mem::size_of::<FrontendOpt>() == 12);
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -299,4 +403,5 @@ mod pod {
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for SrcRangeKey {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for Config {}
 }

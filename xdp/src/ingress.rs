@@ -1,4 +1,5 @@
-//! The XDP packet walk: parse → classify → admit → decide → rewrite → forward.
+//! The XDP packet walk: parse → (tunnel → decap) → classify → admit → decide → rewrite →
+//! forward (local: to the kernel; remote: encapsulated to the backend's node).
 use aya_ebpf::{
     bindings::xdp_action, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns, programs::XdpContext,
 };
@@ -13,12 +14,12 @@ use lb_common::{
 use xlb_xdp::parse::{self, Headers, TCP_FLAG_ACK, TCP_FLAG_SYN};
 
 use crate::{
-    csum,
+    csum, encap,
     maps::{
         XLB_BACKENDS, XLB_CONNTRACK, XLB_FRONTENDS, XLB_LOCAL_ADDRS, XLB_MAGLEV, XLB_REVNAT,
         XLB_SRC_RANGES,
     },
-    stats,
+    stats, tunnel,
 };
 
 /// Refresh a flow's `last_seen_ns` at most this often, to keep hot flows from writing their
@@ -32,6 +33,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Ok(h) => h,
         Err(reason) => return pass(reason),
     };
+    if tunnel::is_tunnel(&hdr) {
+        return tunnel::decap(ctx, &hdr);
+    }
     let Some(fe) = classify(&hdr) else {
         return pass(Reason::PassNoFrontend);
     };
@@ -46,14 +50,20 @@ pub fn run(ctx: &XdpContext) -> u32 {
             return xdp_action::XDP_DROP;
         }
     };
+    let bytes = (data_end - data) as u64;
+    stats::count_frontend(fe.frontend_id, bytes);
+    stats::count_backend(backend_id, bytes);
+    if backend.flags & BACKEND_F_LOCAL == 0 {
+        return encap::forward_remote(ctx, &hdr, &backend, || {
+            rewrite_dnat(ctx.data(), ctx.data_end(), &hdr, &backend)
+        });
+    }
     if rewrite_dnat(data, data_end, &hdr, &backend).is_err() {
         // Unreachable after a successful parse; counted rather than assumed.
         return pass(Reason::PassMalformed);
     }
-    let bytes = (data_end - data) as u64;
-    stats::count_frontend(fe.frontend_id, bytes);
-    stats::count_backend(backend_id, bytes);
-    forward(&backend)
+    stats::count(Reason::FwdLocal);
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
@@ -232,16 +242,4 @@ fn rewrite_dnat(data: usize, data_end: usize, hdr: &Headers, b: &Backend) -> Res
         core::ptr::write_unaligned((data + hdr.l4_off + 2) as *mut u16, b.port);
     }
     Ok(())
-}
-
-/// Local pods are reached through the kernel's routes to their veth; remote pods too until
-/// encapsulation lands (counted separately so operators see it).
-#[inline(always)]
-fn forward(b: &Backend) -> u32 {
-    if b.flags & BACKEND_F_LOCAL != 0 {
-        stats::count(Reason::FwdLocal);
-    } else {
-        stats::count(Reason::FwdRemoteRouted);
-    }
-    xdp_action::XDP_PASS
 }

@@ -9,11 +9,12 @@
 
 mod csum;
 mod egress;
+mod encap;
+mod icmp;
 mod ingress;
 mod maps;
 mod stats;
-
-use xlb_xdp::parse;
+mod tunnel;
 
 use aya_ebpf::{
     macros::{classifier, xdp},

@@ -4,9 +4,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::maps::{
-    Backend, Counter, CtValue, DEFAULT_CONNTRACK_SIZE, FlowKey, FrontendKey, FrontendValue,
+    Backend, Config, Counter, CtValue, DEFAULT_CONNTRACK_SIZE, FlowKey, FrontendKey, FrontendValue,
     MAGLEV_DEFAULT_TABLE_SIZE, MAGLEV_INNER_FLAGS, MAX_BACKENDS, MAX_FRONTENDS, MAX_LOCAL_ADDRS,
-    MAX_SERVICES, MAX_SRC_RANGES, MaglevPair, REASON_COUNT, RevNatValue, SrcRangeKey, maglev_elems,
+    MAX_NODES, MAX_SERVICES, MAX_SRC_RANGES, MaglevPair, REASON_COUNT, RevNatValue, SrcRangeKey,
+    maglev_elems,
 };
 
 /// Template of a Service's Maglev table. `BPF_F_INNER_MAP` lets user space swap in tables of
@@ -50,3 +51,9 @@ pub static XLB_FRONTEND_STATS: PerCpuArray<Counter, { MAX_FRONTENDS as usize }> 
 
 #[btf_map]
 pub static XLB_BACKEND_STATS: PerCpuArray<Counter, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static XLB_CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static XLB_NODES: HashMap<u32, u32, { MAX_NODES as usize }> = HashMap::new();

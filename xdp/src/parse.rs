@@ -15,6 +15,7 @@ const TCP_MIN_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 /// More-fragments flag and fragment offset bits of `frag_off` (host order).
 const IP_MF_OFFSET: u16 = 0x3fff;
+const IP_DF: u16 = 0x4000;
 
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
@@ -30,6 +31,10 @@ pub struct Headers {
     pub dport: u16,
     pub proto: u8,
     pub tcp_flags: u8,
+    /// IPv4 total length (host order).
+    pub tot_len: u16,
+    /// The don't-fragment bit is set.
+    pub df: bool,
 }
 
 impl Headers {
@@ -48,7 +53,7 @@ impl Headers {
 /// needs. One check per header keeps the compiler from merging checks across differently
 /// offset pointers, which the verifier cannot follow.
 #[inline(always)]
-fn read<T: Copy>(ptr: usize, data_end: usize) -> Option<T> {
+pub fn read<T: Copy>(ptr: usize, data_end: usize) -> Option<T> {
     if ptr + core::mem::size_of::<T>() > data_end {
         return None;
     }
@@ -129,6 +134,13 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, Reason> {
     if ethertype != ETH_P_IP {
         return Err(Reason::PassNotIpv4);
     }
+    parse_ipv4(data, data_end, l3_off)
+}
+
+/// Parses an IPv4 packet that starts `l3_off` bytes into the frame, down to its L4 ports (the
+/// inner packet of a tunnel, too).
+#[inline(always)]
+pub fn parse_ipv4(data: usize, data_end: usize, l3_off: usize) -> Result<Headers, Reason> {
     let ip = read::<Ipv4Hdr>(data + l3_off, data_end).ok_or(Reason::PassMalformed)?;
     let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
     if ip.ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
@@ -171,5 +183,7 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, Reason> {
         dport,
         proto: ip.proto,
         tcp_flags,
+        tot_len: tot_len as u16,
+        df: u16::from_be(ip.frag_off) & IP_DF != 0,
     })
 }

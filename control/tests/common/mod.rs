@@ -97,13 +97,22 @@ endpoints:
 }
 
 pub fn plan_for(yaml: &str) -> DatapathPlan {
+    plan_for_node(yaml, "node-a")
+}
+
+pub fn plan_for_node(yaml: &str, node_name: &str) -> DatapathPlan {
     let loaded = manifest::load_str(std::path::Path::new("test.yaml"), yaml).expect("manifest");
     let node = NodeIdentity {
-        node_name: "node-a".into(),
+        node_name: node_name.into(),
         table_size: TABLE_SIZE,
         extra_local_addrs: vec![],
     };
     compile(&loaded.state, &node)
+}
+
+pub fn tunnel_for_node(yaml: &str, node_name: &str) -> xlb::tunnel::TunnelPlan {
+    let loaded = manifest::load_str(std::path::Path::new("test.yaml"), yaml).expect("manifest");
+    xlb::tunnel::tunnel_plan(&loaded.state, node_name, lb_common::maps::GENEVE_PORT, &[])
 }
 
 pub struct Fixture {
@@ -114,13 +123,20 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(yaml: &str) -> Self {
+        Self::for_node(yaml, "node-a")
+    }
+
+    /// The datapath of node `node_name`, programmed from `yaml` (services and tunnel settings).
+    pub fn for_node(yaml: &str, node_name: &str) -> Self {
         let Loaded { ebpf, maps } = loader::load(&LoadOptions {
             pin_dir: None,
             conntrack_size: 4096,
         })
         .expect("load programs");
         let mut rec = Reconciler::adopt(maps).expect("adopt");
-        let plan = plan_for(yaml);
+        let plan = plan_for_node(yaml, node_name);
+        rec.apply_tunnel(&tunnel_for_node(yaml, node_name))
+            .expect("apply tunnel");
         rec.apply(&plan).expect("apply");
         Fixture { ebpf, rec, plan }
     }
@@ -138,6 +154,26 @@ impl Fixture {
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .expect("test_run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Runs the XDP program once as if `frame` arrived on interface `ifindex` of the calling
+    /// thread's network namespace (FIB lookups happen there): (action, output frame).
+    pub fn xdp_on(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let prog = loader::xdp_program(&mut self.ebpf).unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
                 ..TestRunOptions::new()
             })
             .expect("test_run");
