@@ -375,6 +375,8 @@ impl Compiler<'_> {
                 table,
                 table_size: self.table_size,
                 source_ranges,
+                local_only: false,
+                affinity_timeout: None,
             },
         );
     }

@@ -26,6 +26,8 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, Counter>,
     pub config: Array<MapData, Config>,
     pub nodes: HashMap<MapData, u32, u32>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub svc_backends: HashMap<MapData, SvcBackendKey, u32>,
 }
 
 fn typed<T: TryFrom<Map>>(map: Map, name: &str) -> anyhow::Result<T>
@@ -68,6 +70,8 @@ impl Maps {
             backend_stats: typed(get(MAP_BACKEND_STATS)?, MAP_BACKEND_STATS)?,
             config: typed(get(MAP_CONFIG)?, MAP_CONFIG)?,
             nodes: typed(get(MAP_NODES)?, MAP_NODES)?,
+            affinity: typed(get(MAP_AFFINITY)?, MAP_AFFINITY)?,
+            svc_backends: typed(get(MAP_SVC_BACKENDS)?, MAP_SVC_BACKENDS)?,
         })
     }
 

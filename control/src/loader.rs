@@ -14,7 +14,9 @@ use aya::{
         tc::qdisc_add_clsact,
     },
 };
-use lb_common::maps::{ALL_MAPS, MAP_CONNTRACK, MAP_REVNAT, PROG_TC_EGRESS, PROG_XDP};
+use lb_common::maps::{
+    ALL_MAPS, MAP_AFFINITY, MAP_CONNTRACK, MAP_REVNAT, PROG_TC_EGRESS, PROG_XDP,
+};
 
 use crate::{datapath::Maps, pins};
 
@@ -56,6 +58,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Loaded> {
     }
     loader.map_max_entries(MAP_CONNTRACK, opts.conntrack_size);
     loader.map_max_entries(MAP_REVNAT, opts.conntrack_size);
+    loader.map_max_entries(MAP_AFFINITY, opts.conntrack_size);
     let mut ebpf = loader.load(OBJECT).map_err(|e| privilege_hint(e.into()))?;
     xdp_program(&mut ebpf)?
         .load()

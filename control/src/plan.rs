@@ -126,6 +126,11 @@ pub struct ServicePlan {
     /// Empty means every source is allowed. Enforced only on frontends whose
     /// [`FrontendPlan::source_ranges_apply`] is set.
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// `externalTrafficPolicy: Local`: `backends` and `table` hold only this node's endpoints.
+    pub local_only: bool,
+    /// `sessionAffinity: ClientIP`: for this many seconds after a client's last new flow, its
+    /// next new flows go to the same backend (if that backend still takes new flows).
+    pub affinity_timeout: Option<u32>,
 }
 
 /// An address and port that reaches a service port.

@@ -94,6 +94,8 @@ pub struct Reconciler {
     src_ranges: HashSet<(u32, u32, u8)>,
     local_addrs: HashSet<u32>,
     nodes: HashSet<u32>,
+    /// (service id, backend id) pairs in `XLB_SVC_BACKENDS`.
+    svc_backends: HashSet<(u32, u32)>,
     config: Config,
     snapshot: Snapshot,
 }
@@ -143,6 +145,11 @@ impl Reconciler {
             nodes.insert(k.context("reading XLB_NODES")?);
         }
         let config = maps.config.get(&0, 0).context("reading XLB_CONFIG")?;
+        let mut svc_backends = HashSet::new();
+        for k in maps.svc_backends.keys() {
+            let k = k.context("reading XLB_SVC_BACKENDS")?;
+            svc_backends.insert((k.service_id, k.backend_id));
+        }
         let mut local_addrs = HashSet::new();
         for k in maps.local_addrs.keys() {
             local_addrs.insert(k.context("reading XLB_LOCAL_ADDRS")?);
@@ -156,6 +163,7 @@ impl Reconciler {
             src_ranges,
             local_addrs,
             nodes,
+            svc_backends,
             config,
             snapshot: Snapshot::default(),
         })
@@ -261,6 +269,37 @@ impl Reconciler {
             }
         }
 
+        // Which backends may take new flows of each Service port (weight > 0): session
+        // affinity only returns a client to one of these.
+        let mut want_members = HashSet::new();
+        for (key, svc) in &plan.services {
+            let sid = service_ids[key];
+            for b in svc.backends.iter().filter(|b| b.weight > 0) {
+                let id = self.backend_ids[&(be(b.addr), b.port.to_be(), key.protocol.number())];
+                want_members.insert((sid, id));
+            }
+        }
+        for m in self.svc_backends.clone().difference(&want_members) {
+            let k = SvcBackendKey {
+                service_id: m.0,
+                backend_id: m.1,
+            };
+            remove_ok(self.maps.svc_backends.remove(&k))
+                .context("removing from XLB_SVC_BACKENDS")?;
+            self.svc_backends.remove(m);
+        }
+        for m in want_members.difference(&self.svc_backends.clone()) {
+            let k = SvcBackendKey {
+                service_id: m.0,
+                backend_id: m.1,
+            };
+            self.maps
+                .svc_backends
+                .insert(k, 1, 0)
+                .context("writing XLB_SVC_BACKENDS")?;
+            self.svc_backends.insert(*m);
+        }
+
         // 4. Source ranges: add now, remove after the frontends.
         let mut want_ranges = HashSet::new();
         for (key, svc) in &plan.services {
@@ -280,7 +319,7 @@ impl Reconciler {
         }
 
         // 5. Frontends.
-        let mut want_frontends: HashMap<FrontendKey, (u32, u32, u32)> = HashMap::new();
+        let mut want_frontends: HashMap<FrontendKey, (u32, u32, u32, u32)> = HashMap::new();
         for (key, svc) in &plan.services {
             let sid = service_ids[key];
             for f in &svc.frontends {
@@ -290,7 +329,8 @@ impl Reconciler {
                 } else {
                     0
                 };
-                want_frontends.insert(fk, (sid, flags, svc.table_size));
+                let affinity = svc.affinity_timeout.unwrap_or(0);
+                want_frontends.insert(fk, (sid, flags, svc.table_size, affinity));
             }
         }
         let mut used_frontend_ids: HashSet<u32> = self
@@ -302,7 +342,7 @@ impl Reconciler {
         let mut keys: Vec<_> = want_frontends.keys().copied().collect();
         keys.sort();
         for fk in keys {
-            let (sid, flags, table_size) = want_frontends[&fk];
+            let (sid, flags, table_size, affinity_timeout_s) = want_frontends[&fk];
             let frontend_id = match self.frontends.get(&fk) {
                 Some(v) => v.frontend_id,
                 None => {
@@ -319,6 +359,7 @@ impl Reconciler {
                 frontend_id,
                 flags,
                 table_size,
+                affinity_timeout_s,
             };
             if self.frontends.get(&fk) != Some(&v) {
                 self.maps

@@ -116,6 +116,8 @@ fn service_plan(frontends: Vec<FrontendPlan>, backends: Vec<BackendPlan>) -> Ser
         backends,
         table_size: M,
         source_ranges: vec![],
+        local_only: false,
+        affinity_timeout: None,
     }
 }
 

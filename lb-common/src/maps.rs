@@ -23,10 +23,12 @@ pub const MAP_GLOBAL_STATS: &str = "XLB_GLOBAL_STATS";
 pub const MAP_FRONTEND_STATS: &str = "XLB_FRONTEND_STATS";
 pub const MAP_BACKEND_STATS: &str = "XLB_BACKEND_STATS";
 pub const MAP_CONFIG: &str = "XLB_CONFIG";
+pub const MAP_AFFINITY: &str = "XLB_AFFINITY";
+pub const MAP_SVC_BACKENDS: &str = "XLB_SVC_BACKENDS";
 pub const MAP_NODES: &str = "XLB_NODES";
 
 /// Every map the programs own; the loader pins each of these.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_FRONTENDS,
     MAP_LOCAL_ADDRS,
     MAP_BACKENDS,
@@ -39,6 +41,8 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_BACKEND_STATS,
     MAP_CONFIG,
     MAP_NODES,
+    MAP_AFFINITY,
+    MAP_SVC_BACKENDS,
 ];
 
 // ---- program names ----
@@ -112,6 +116,8 @@ pub struct FrontendValue {
     pub flags: u32,
     /// Size M of the Service's Maglev table; `flow_hash % M` is the slot.
     pub table_size: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 = no affinity.
+    pub affinity_timeout_s: u32,
 }
 
 /// Key of `XLB_LOCAL_ADDRS`: an IPv4 address of this node (network order). Value: unused `u32`.
@@ -182,6 +188,36 @@ pub struct RevNatValue {
 pub struct SrcRangeKey {
     pub service_id_be: u32,
     pub addr: u32,
+}
+
+/// Key of `XLB_AFFINITY` (LRU, `--conntrack-size`): a client of a Service port with
+/// `sessionAffinity: ClientIP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    /// Client address (network order).
+    pub client_addr: u32,
+}
+
+/// Value of `XLB_AFFINITY`: the backend the client's new flows go to, and when it last opened
+/// one (the timeout counts from there, as kube-proxy's `recent` match does).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_ns: u64,
+}
+
+/// Key of `XLB_SVC_BACKENDS`: a backend that may take new flows of a Service port (weight > 0).
+/// Value: unused `u32`. Affinity only ever returns a client to a backend listed here, so a
+/// draining or removed backend gets no new flows through affinity either.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SvcBackendKey {
+    pub service_id: u32,
+    pub backend_id: u32,
 }
 
 /// Packets and bytes, the value of the per-CPU frontend and backend counters.
@@ -310,9 +346,11 @@ pub enum Reason {
     DropTunnelMalformed = 24,
     /// Growing or shrinking the frame failed (the driver lacks headroom). Dropped.
     EncapFailed = 25,
+    /// A new flow followed its client's session affinity instead of the Maglev table.
+    AffinityHit = 26,
 }
 
-pub const REASON_COUNT: u32 = 26;
+pub const REASON_COUNT: u32 = 27;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -342,6 +380,7 @@ impl Reason {
         Reason::DropTunnelUnknownNode,
         Reason::DropTunnelMalformed,
         Reason::EncapFailed,
+        Reason::AffinityHit,
     ];
 
     /// Stable snake_case name used by the CLI, JSON output and metrics.
@@ -373,13 +412,17 @@ impl Reason {
             Reason::DropTunnelUnknownNode => "drop_tunnel_unknown_node",
             Reason::DropTunnelMalformed => "drop_tunnel_malformed",
             Reason::EncapFailed => "encap_failed",
+            Reason::AffinityHit => "affinity_hit",
         }
     }
 }
 
 // Layout pins: the same sizes on the BPF target and the host.
 const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
-const _: () = assert!(core::mem::size_of::<FrontendValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FrontendValue>() == 20);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+const _: () = assert!(core::mem::size_of::<SvcBackendKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Backend>() == 12);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
@@ -404,4 +447,7 @@ mod pod {
     unsafe impl aya::Pod for SrcRangeKey {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for SvcBackendKey {}
 }

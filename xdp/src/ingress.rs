@@ -6,8 +6,9 @@ use aya_ebpf::{
 use lb_common::{
     hash::flow_hash,
     maps::{
-        BACKEND_F_LOCAL, Backend, CtValue, FRONTEND_F_SOURCE_RANGES, FlowKey, FrontendKey,
-        FrontendValue, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, Reason, RevNatValue, SrcRangeKey,
+        AffinityKey, AffinityValue, BACKEND_F_LOCAL, Backend, CtValue, FRONTEND_F_SOURCE_RANGES,
+        FlowKey, FrontendKey, FrontendValue, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, Reason,
+        RevNatValue, SrcRangeKey, SvcBackendKey,
     },
 };
 
@@ -16,8 +17,8 @@ use xlb_xdp::parse::{self, Headers, TCP_FLAG_ACK, TCP_FLAG_SYN};
 use crate::{
     csum, encap,
     maps::{
-        XLB_BACKENDS, XLB_CONNTRACK, XLB_FRONTENDS, XLB_LOCAL_ADDRS, XLB_MAGLEV, XLB_REVNAT,
-        XLB_SRC_RANGES,
+        XLB_AFFINITY, XLB_BACKENDS, XLB_CONNTRACK, XLB_FRONTENDS, XLB_LOCAL_ADDRS, XLB_MAGLEV,
+        XLB_REVNAT, XLB_SRC_RANGES, XLB_SVC_BACKENDS,
     },
     stats, tunnel,
 };
@@ -139,8 +140,12 @@ fn decide(hdr: &Headers, fe: &FrontendValue) -> Result<(u32, Backend), Reason> {
             stats::count(Reason::CtStaleBackend);
         }
     }
-    let backend_id = maglev_pick(hdr, fe)?;
+    let backend_id = match affinity_pick(hdr, fe, now) {
+        Some(id) => id,
+        None => maglev_pick(hdr, fe)?,
+    };
     let b = backend(backend_id).ok_or(Reason::DropNoBackend)?;
+    remember_affinity(hdr, fe, backend_id, now);
     record_flow(&key, hdr, fe, backend_id, &b, now);
     stats::count(Reason::CtNew);
     Ok((backend_id, b))
@@ -150,6 +155,52 @@ fn decide(hdr: &Headers, fe: &FrontendValue) -> Result<(u32, Backend), Reason> {
 fn backend(id: u32) -> Option<Backend> {
     let b = *XLB_BACKENDS.get(id)?;
     if b.flags == 0 { None } else { Some(b) }
+}
+
+/// `sessionAffinity: ClientIP`: the backend this client's last new flow went to, if that was
+/// within the timeout and the backend still takes new flows for this Service port.
+#[inline(always)]
+fn affinity_pick(hdr: &Headers, fe: &FrontendValue, now: u64) -> Option<u32> {
+    if fe.affinity_timeout_s == 0 {
+        return None;
+    }
+    let key = AffinityKey {
+        service_id: fe.service_id,
+        client_addr: hdr.saddr,
+    };
+    // SAFETY: copied out immediately.
+    let a = unsafe { XLB_AFFINITY.get(&key) }.copied()?;
+    if now.wrapping_sub(a.last_ns) > fe.affinity_timeout_s as u64 * 1_000_000_000 {
+        return None;
+    }
+    let member = SvcBackendKey {
+        service_id: fe.service_id,
+        backend_id: a.backend_id,
+    };
+    // SAFETY: presence check only.
+    unsafe { XLB_SVC_BACKENDS.get(&member) }?;
+    stats::count(Reason::AffinityHit);
+    Some(a.backend_id)
+}
+
+/// Records (or refreshes) the client's affinity: the timeout counts from its latest new flow.
+#[inline(always)]
+fn remember_affinity(hdr: &Headers, fe: &FrontendValue, backend_id: u32, now: u64) {
+    if fe.affinity_timeout_s == 0 {
+        return;
+    }
+    let key = AffinityKey {
+        service_id: fe.service_id,
+        client_addr: hdr.saddr,
+    };
+    let value = AffinityValue {
+        backend_id,
+        _pad: 0,
+        last_ns: now,
+    };
+    if XLB_AFFINITY.insert(&key, &value, 0).is_err() {
+        stats::count(Reason::CtInsertFailed);
+    }
 }
 
 #[inline(always)]

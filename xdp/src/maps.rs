@@ -4,10 +4,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::maps::{
-    Backend, Config, Counter, CtValue, DEFAULT_CONNTRACK_SIZE, FlowKey, FrontendKey, FrontendValue,
-    MAGLEV_DEFAULT_TABLE_SIZE, MAGLEV_INNER_FLAGS, MAX_BACKENDS, MAX_FRONTENDS, MAX_LOCAL_ADDRS,
-    MAX_NODES, MAX_SERVICES, MAX_SRC_RANGES, MaglevPair, REASON_COUNT, RevNatValue, SrcRangeKey,
-    maglev_elems,
+    AffinityKey, AffinityValue, Backend, Config, Counter, CtValue, DEFAULT_CONNTRACK_SIZE, FlowKey,
+    FrontendKey, FrontendValue, MAGLEV_DEFAULT_TABLE_SIZE, MAGLEV_INNER_FLAGS, MAX_BACKENDS,
+    MAX_FRONTENDS, MAX_LOCAL_ADDRS, MAX_NODES, MAX_SERVICES, MAX_SRC_RANGES, MaglevPair,
+    REASON_COUNT, RevNatValue, SrcRangeKey, SvcBackendKey, maglev_elems,
 };
 
 /// Template of a Service's Maglev table. `BPF_F_INNER_MAP` lets user space swap in tables of
@@ -57,3 +57,14 @@ pub static XLB_CONFIG: Array<Config, 1> = Array::new();
 
 #[btf_map]
 pub static XLB_NODES: HashMap<u32, u32, { MAX_NODES as usize }> = HashMap::new();
+
+#[btf_map]
+pub static XLB_AFFINITY: LruHashMap<
+    AffinityKey,
+    AffinityValue,
+    { DEFAULT_CONNTRACK_SIZE as usize },
+> = LruHashMap::new();
+
+#[btf_map]
+pub static XLB_SVC_BACKENDS: HashMap<SvcBackendKey, u32, { (2 * MAX_BACKENDS) as usize }> =
+    HashMap::new();
