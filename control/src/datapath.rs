@@ -28,6 +28,8 @@ pub struct Maps {
     pub nodes: HashMap<MapData, u32, u32>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub svc_backends: HashMap<MapData, SvcBackendKey, u32>,
+    /// A second fd of `XLB_MAGLEV`, for batch updates (aya 0.14 exposes none for map-of-maps).
+    pub maglev_fd: std::os::fd::OwnedFd,
 }
 
 fn typed<T: TryFrom<Map>>(map: Map, name: &str) -> anyhow::Result<T>
@@ -57,11 +59,19 @@ impl Maps {
     }
 
     fn build(mut get: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+        let mut maglev_fd = None;
         Ok(Self {
             frontends: typed(get(MAP_FRONTENDS)?, MAP_FRONTENDS)?,
             local_addrs: typed(get(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS)?,
             backends: typed(get(MAP_BACKENDS)?, MAP_BACKENDS)?,
-            maglev: typed(get(MAP_MAGLEV)?, MAP_MAGLEV)?,
+            maglev: {
+                let m = get(MAP_MAGLEV)?;
+                if let Map::ArrayOfMaps(d) = &m {
+                    use std::os::fd::AsFd;
+                    maglev_fd = Some(d.fd().as_fd().try_clone_to_owned()?);
+                }
+                typed(m, MAP_MAGLEV)?
+            },
             conntrack: typed(get(MAP_CONNTRACK)?, MAP_CONNTRACK)?,
             revnat: typed(get(MAP_REVNAT)?, MAP_REVNAT)?,
             src_ranges: typed(get(MAP_SRC_RANGES)?, MAP_SRC_RANGES)?,
@@ -72,6 +82,7 @@ impl Maps {
             nodes: typed(get(MAP_NODES)?, MAP_NODES)?,
             affinity: typed(get(MAP_AFFINITY)?, MAP_AFFINITY)?,
             svc_backends: typed(get(MAP_SVC_BACKENDS)?, MAP_SVC_BACKENDS)?,
+            maglev_fd: maglev_fd.ok_or_else(|| anyhow!("{MAP_MAGLEV} is not an array of maps"))?,
         })
     }
 

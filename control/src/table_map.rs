@@ -83,3 +83,60 @@ pub fn read(table: &MaglevInner, m: u32) -> anyhow::Result<Vec<u32>> {
     let map = Mapping::new(IterableMap::map(table), elems, false)?;
     Ok(map.slots(elems)[..m as usize].to_vec())
 }
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// Entries per `BPF_MAP_UPDATE_BATCH` call.
+const BATCH: usize = 4096;
+
+/// Points service ids at their new tables, `BPF_MAP_UPDATE_BATCH` at a time. The kernel waits
+/// for running programs (an RCU grace period, ~10 ms) after every update of a map of maps; one
+/// update per Service made programming 10,000 Services take minutes, one per batch takes a
+/// second. Each element still changes atomically: a packet sees a Service's old table or its
+/// new one. aya 0.14 has no batch operations, hence the raw `bpf(2)` call.
+pub fn swap_all(outer: &std::os::fd::OwnedFd, swaps: &[(u32, MaglevInner)]) -> anyhow::Result<()> {
+    for chunk in swaps.chunks(BATCH) {
+        let keys: Vec<u32> = chunk.iter().map(|(k, _)| *k).collect();
+        let fds: Vec<u32> = chunk
+            .iter()
+            .map(|(_, t)| IterableMap::map(t).fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: fds.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: outer.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: attr points to key and value arrays of `count` u32s that outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "swapping {} Maglev tables (BPF_MAP_UPDATE_BATCH, {} done): {}",
+                keys.len(),
+                attr.count,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}

@@ -55,7 +55,7 @@ pub const MAX_FRONTENDS: u32 = 65_536;
 /// Service ports: each owns one Maglev table and one backend set.
 pub const MAX_SERVICES: u32 = 16_384;
 /// Backend ids (pod address + port), including draining ones kept for open connections.
-pub const MAX_BACKENDS: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 131_072;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 pub const MAX_SRC_RANGES: u32 = 16_384;
 /// Default conntrack / reverse-NAT capacity; `--conntrack-size` overrides at load time.
@@ -411,7 +411,7 @@ impl Reason {
             Reason::Decap => "decap",
             Reason::DropTunnelUnknownNode => "drop_tunnel_unknown_node",
             Reason::DropTunnelMalformed => "drop_tunnel_malformed",
-            Reason::EncapFailed => "encap_failed",
+            Reason::EncapFailed => "drop_encap_failed",
             Reason::AffinityHit => "affinity_hit",
         }
     }
