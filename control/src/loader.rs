@@ -121,6 +121,7 @@ pub fn attach(
     mode: XdpMode,
 ) -> anyhow::Result<Attachment> {
     let index = ifindex(iface)?;
+    accept_local(iface)?;
     fs::create_dir_all(pins::links_dir(pin_dir))?;
     let xdp_pin = pins::xdp_link_pin(pin_dir, iface);
     let tc_pin = pins::tc_link_pin(pin_dir, iface);
@@ -156,6 +157,15 @@ pub fn attach(
         outcome = Attachment::Attached;
     }
     Ok(outcome)
+}
+
+/// Lets the kernel accept, on `iface`, packets whose source is one of this host's addresses.
+/// When the XDP program's next-hop lookup finds no neighbour entry for a backend's node yet, it
+/// hands the encapsulated packet (outer source: this node) to the kernel, which must route it
+/// and resolve the neighbour; without `accept_local` it drops it as a martian.
+fn accept_local(iface: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    fs::write(&path, b"1").with_context(|| format!("setting {path} to 1"))
 }
 
 /// Removes a pinned link that is no longer attached to interface `index` (its interface was

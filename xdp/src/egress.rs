@@ -24,7 +24,7 @@ pub fn run(ctx: &TcContext) -> i32 {
         stats::count(Reason::PassMalformed);
         return TC_ACT_OK;
     }
-    let hdr = match parse::parse(ctx.data(), ctx.data_end()) {
+    let hdr = match parse::parse_len(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Ok(h) => h,
         Err(_) => {
             // Not load-balanced traffic; the ingress reasons are not counted twice here.

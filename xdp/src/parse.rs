@@ -124,9 +124,16 @@ fn parse_eth(data: usize, data_end: usize) -> Result<(u16, usize), Reason> {
 }
 
 /// Parses down to the L4 ports. `Err` carries the pass reason to count. IPv4 options are
-/// allowed and skipped.
+/// allowed and skipped. For XDP, where the whole frame is `data..data_end`.
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize) -> Result<Headers, Reason> {
+    parse_len(data, data_end, data_end - data)
+}
+
+/// As [`parse`], for a packet of `pkt_len` bytes of which only `data..data_end` is linear (TC:
+/// the headers are, the payload may sit in pages). Lengths are checked against `pkt_len`.
+#[inline(always)]
+pub fn parse_len(data: usize, data_end: usize, pkt_len: usize) -> Result<Headers, Reason> {
     let (ethertype, l3_off) = parse_eth(data, data_end)?;
     if ethertype == ETH_P_IPV6 {
         return Err(Reason::PassIpv6);
@@ -134,21 +141,27 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, Reason> {
     if ethertype != ETH_P_IP {
         return Err(Reason::PassNotIpv4);
     }
-    parse_ipv4(data, data_end, l3_off)
+    parse_ipv4(data, data_end, l3_off, pkt_len)
 }
 
-/// Parses an IPv4 packet that starts `l3_off` bytes into the frame, down to its L4 ports (the
-/// inner packet of a tunnel, too).
+/// Parses an IPv4 packet that starts `l3_off` bytes into a frame of `pkt_len` bytes, down to
+/// its L4 ports (the inner packet of a tunnel, too).
 #[inline(always)]
-pub fn parse_ipv4(data: usize, data_end: usize, l3_off: usize) -> Result<Headers, Reason> {
+pub fn parse_ipv4(
+    data: usize,
+    data_end: usize,
+    l3_off: usize,
+    pkt_len: usize,
+) -> Result<Headers, Reason> {
     let ip = read::<Ipv4Hdr>(data + l3_off, data_end).ok_or(Reason::PassMalformed)?;
     let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
     if ip.ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return Err(Reason::PassMalformed);
     }
     let tot_len = u16::from_be(ip.tot_len) as usize;
-    // The datagram (options included) must be in the frame; trailing padding is allowed.
-    if tot_len < ihl || data + l3_off + tot_len > data_end {
+    // The datagram (options included) must be in the packet; trailing padding is allowed.
+    // Compared as lengths, not pointers: the reads below keep their own bounds checks.
+    if tot_len < ihl || l3_off + tot_len > pkt_len {
         return Err(Reason::PassMalformed);
     }
     if u16::from_be(ip.frag_off) & IP_MF_OFFSET != 0 {

@@ -61,7 +61,7 @@ pub fn decap(ctx: &XdpContext, outer: &Headers) -> u32 {
         return drop(Reason::DropTunnelUnknownNode);
     }
     let inner_off = gnv_off + GENEVE_HLEN + OPT_LEN;
-    let inner = match parse::parse_ipv4(data, data_end, inner_off) {
+    let inner = match parse::parse_ipv4(data, data_end, inner_off, data_end - data) {
         Ok(h) => h,
         Err(_) => return drop(Reason::DropTunnelMalformed),
     };
