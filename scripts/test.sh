@@ -10,7 +10,7 @@ cargo build --release --bins -p xlb -p xlb-bench
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --release "$@" 2>&1 | tee "$log"
+cargo test --release --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary (cargo prints one per binary, the last often "0 passed"
