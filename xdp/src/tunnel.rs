@@ -78,7 +78,11 @@ pub fn decap(ctx: &XdpContext, outer: &Headers) -> u32 {
         frontend_port: opt.port,
         _pad: 0,
     };
-    if XLB_REVNAT.insert(&reply, &rev, 0).is_err() {
+    // Most packets belong to flows already recorded: a lookup is far cheaper than rewriting the
+    // LRU entry on every packet.
+    // SAFETY: copied out immediately.
+    let known = unsafe { XLB_REVNAT.get(&reply) }.copied();
+    if known != Some(rev) && XLB_REVNAT.insert(&reply, &rev, 0).is_err() {
         stats::count(Reason::CtInsertFailed);
     }
     let Some(macs) = read::<[u8; 12]>(data, data_end) else {
