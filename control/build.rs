@@ -12,7 +12,14 @@ fn main() -> anyhow::Result<()> {
     if env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
         // Library-only builds (e.g. unit tests of pure modules) skip the kernel build; the
         // loader then reports at run time that this binary carries no programs.
-        for name in ["xlb-xdp", "xlb-floor"] {
+        for name in [
+            "xlb-xdp",
+            "xlb-floor",
+            "xlb-gen",
+            "xlb-sink",
+            "xlb-fwd",
+            "xlb-restore",
+        ] {
             let object = out.join(name);
             if !object.exists() {
                 fs::write(&object, b"")?;

@@ -13,7 +13,7 @@ fi
 # Debian packages: the kernel-program toolchain (rustc-web is new enough for aya-ebpf and ships
 # LLVM 22, which bpf-linker links against), LLVM 22 for bpf-linker, and the lab tools.
 PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
-      build-essential pkg-config iproute2 ethtool tcpdump tmux nftables iptables)
+      build-essential pkg-config iproute2 ethtool tcpdump tmux nftables iptables bpftool python3)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

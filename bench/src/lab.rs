@@ -27,11 +27,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod capture;
 pub mod client;
 pub mod manifest;
 pub mod netns;
 pub mod servers;
 pub mod topology;
+pub mod xdp_pass;
 pub mod xlb;
 
 use std::net::Ipv4Addr;
@@ -41,9 +43,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 
+pub use capture::Capture;
 pub use client::{
-    ConnRecord, TcpConn, TcpManyReport, UdpReply, connect_tcp, tcp_from_ports, tcp_many,
-    udp_request,
+    ConnRecord, TcpConn, TcpManyReport, UdpReply, connect_tcp, path_mtu, tcp_from_ports, tcp_many,
+    udp_connected_df, udp_request,
 };
 pub use manifest::{
     EndpointDef, ManifestDir, ManifestSet, NodeDef, PortDef, ServiceDef, WEB_NODE_PORT, WEB_PORT,
@@ -55,8 +58,8 @@ pub use topology::{
     Cidr, ClientSpec, DEFAULT_VIP, Fabric, LabSpec, NodeSpec, PodSpec, Role, UPLINK,
 };
 pub use xlb::{
-    BackendStatus, FlowStatus, FrontendStatus, Predictor, ServiceStatus, XlbOptions, XlbProcess,
-    xlb_binary, xlb_cli,
+    BackendStatus, FlowStatus, FrontendStatus, Predictor, ServiceStatus, XlbCluster, XlbOptions,
+    XlbProcess, xlb_binary, xlb_cli,
 };
 
 /// Source ports lab clients pick explicitly ([`Host::alloc_port`]); the kernel's own ephemeral
@@ -132,15 +135,26 @@ impl Host {
 /// the thread is panicking or `XLB_LAB_KEEP` is set).
 pub struct Lab {
     spec: LabSpec,
+    plan: topology::Plan,
     prefix: String,
     workdir: PathBuf,
     hosts: Vec<Host>,
+    /// XDP links of the pass-through program on bridge ports ([`xdp_pass`]), and the program.
+    xdp_links: Vec<std::os::fd::OwnedFd>,
+    xdp_prog: Option<std::os::fd::OwnedFd>,
 }
 
 impl Lab {
     /// The single-node lab ([`LabSpec::single_node`]).
     pub fn single_node() -> Result<Lab> {
         Lab::new(LabSpec::single_node())
+    }
+
+    /// The direct-server-return lab of issue 3 ([`LabSpec::dsr`]): a client, edge nodes
+    /// `edge-a` and `edge-b` (ECMP for the VIP), backend nodes `node-c` (pods `c1`, `c2`) and
+    /// `node-d` (pod `d1`), all on one fabric bridge.
+    pub fn dsr() -> Result<Lab> {
+        Lab::new(LabSpec::dsr())
     }
 
     /// Builds the lab: namespaces, sysctls, bridges, veths, addresses, offloads, routes.
@@ -154,9 +168,12 @@ impl Lab {
             .with_context(|| format!("creating {}", workdir.display()))?;
         let mut lab = Lab {
             spec,
+            plan: plan.clone(),
             prefix,
             workdir,
             hosts: Vec::new(),
+            xdp_links: Vec::new(),
+            xdp_prog: None,
         };
         lab.build(&plan)
             .with_context(|| format!("building lab {}", lab.prefix))?;
@@ -241,6 +258,20 @@ impl Lab {
                 ns.ip(&["link", "set", &end.ifname, "up"])?;
             }
         }
+        let pass_ends: Vec<&topology::EndPlan> = plan
+            .links
+            .iter()
+            .flat_map(|l| [&l.a, &l.b])
+            .filter(|e| e.xdp_pass)
+            .collect();
+        if !pass_ends.is_empty() {
+            let prog = xdp_pass::load()?;
+            for end in pass_ends {
+                let link = xdp_pass::attach(self.host(&end.host).netns(), &prog, &end.ifname)?;
+                self.xdp_links.push(link);
+            }
+            self.xdp_prog = Some(prog);
+        }
         for r in &plan.routes {
             let args = r.ip_args();
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -290,6 +321,133 @@ impl Lab {
         self.spec.pod_by_addr(addr).map(|p| p.name.as_str())
     }
 
+    /// The address of node `name` on the fabric (its InternalIP); panics if there is no such
+    /// node.
+    pub fn node_addr(&self, name: &str) -> Ipv4Addr {
+        self.spec
+            .node(name)
+            .unwrap_or_else(|| panic!("lab {} has no node {name}", self.prefix))
+            .addr
+    }
+
+    /// The node whose fabric address is `addr`.
+    pub fn node_by_addr(&self, addr: Ipv4Addr) -> Option<&str> {
+        self.spec
+            .nodes
+            .iter()
+            .find(|n| n.addr == addr)
+            .map(|n| n.name.as_str())
+    }
+
+    /// The interface in the `fabric` namespace (a port of the bridge) that is the peer of
+    /// `host`'s uplink: where a capture sees every frame to and from that host, including the
+    /// ones its XDP program sends back out with `XDP_TX`. `None` without a bridge fabric.
+    pub fn fabric_port(&self, host: &str) -> Option<&str> {
+        self.plan
+            .links
+            .iter()
+            .find(|l| l.a.host == host && l.b.master.is_some())
+            .map(|l| l.b.ifname.as_str())
+    }
+
+    /// The namespace holding the fabric bridge (`fabric`), if the lab has one.
+    pub fn fabric(&self) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.role == Role::Fabric)
+    }
+
+    /// Replaces, on every client, the route for `vip` with one via the given nodes (ECMP when
+    /// several): `route_vip_via(vip, &["edge-b"])` takes edge-a out of the VIP's next hops.
+    pub fn route_vip_via(&self, vip: Ipv4Addr, nodes: &[&str]) -> Result<()> {
+        if !topology::LAB_RANGE.contains(vip) {
+            bail!("{vip} is outside {}", topology::LAB_RANGE);
+        }
+        if nodes.is_empty() {
+            bail!("a route for {vip} needs at least one node");
+        }
+        let mut args: Vec<String> = vec!["route".into(), "replace".into(), format!("{vip}/32")];
+        let via: Vec<Ipv4Addr> = nodes.iter().map(|n| self.node_addr(n)).collect();
+        if let [one] = via.as_slice() {
+            args.extend(["via".into(), one.to_string(), "dev".into(), UPLINK.into()]);
+        } else {
+            for gw in &via {
+                args.extend([
+                    "nexthop".into(),
+                    "via".into(),
+                    gw.to_string(),
+                    "dev".into(),
+                    UPLINK.into(),
+                ]);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for c in &self.spec.clients {
+            self.host(&c.name)
+                .netns()
+                .ip(&args)
+                .with_context(|| format!("rerouting {vip} on {} via {nodes:?}", c.name))?;
+        }
+        Ok(())
+    }
+
+    /// The next hop `client` routes a flow to `dst` over (`ip route get ... ipproto sport
+    /// dport`): with an ECMP route and the L4 multipath hash, which edge node carries that flow.
+    pub fn next_hop(
+        &self,
+        client: &str,
+        proto: Proto,
+        src_port: u16,
+        dst: std::net::SocketAddrV4,
+    ) -> Result<Ipv4Addr> {
+        let host = self.host(client);
+        let (from, sport, dport) = (
+            host.addr().to_string(),
+            src_port.to_string(),
+            dst.port().to_string(),
+        );
+        let ipproto = match proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        let dst_ip = dst.ip().to_string();
+        let out = host.netns().ip(&[
+            "-j", "route", "get", &dst_ip, "from", &from, "ipproto", ipproto, "sport", &sport,
+            "dport", &dport,
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("parsing `ip -j route get` output {out:?}"))?;
+        let route = v.get(0).unwrap_or(&v);
+        let gw = route
+            .get("gateway")
+            .and_then(|g| g.as_str())
+            .or_else(|| route.get("dst").and_then(|d| d.as_str()))
+            .ok_or_else(|| anyhow::anyhow!("no next hop in `ip route get` output {out:?}"))?;
+        gw.parse()
+            .with_context(|| format!("next hop {gw:?} in `ip route get` output"))
+    }
+
+    /// The MAC address of `host`'s uplink (for capture filters such as `ether host MAC`).
+    pub fn uplink_mac(&self, host: &str) -> Result<String> {
+        let out = self
+            .host(host)
+            .netns()
+            .ip(&["-j", "link", "show", UPLINK])?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("parsing `ip -j link show` output {out:?}"))?;
+        v.get(0)
+            .and_then(|l| l.get("address"))
+            .and_then(|a| a.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no MAC address for {host}/{UPLINK} in {out:?}"))
+    }
+
+    /// Sets `host`'s uplink (its link to the fabric) down or up, as if the host went away.
+    pub fn set_uplink(&self, host: &str, up: bool) -> Result<()> {
+        self.host(host)
+            .netns()
+            .ip(&["link", "set", UPLINK, if up { "up" } else { "down" }])?;
+        Ok(())
+    }
+
     /// Writes `set` to `<workdir>/manifests` and returns the directory.
     pub fn write_manifests(&self, set: &ManifestSet) -> Result<ManifestDir> {
         let dir = ManifestDir::create(self.workdir.join("manifests"))?;
@@ -300,6 +458,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.xdp_links.clear();
+        self.xdp_prog = None;
         // Pods first, then nodes, clients and the fabric: deleting a namespace removes its
         // veths and with them their peers.
         while let Some(h) = self.hosts.pop() {

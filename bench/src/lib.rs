@@ -2,5 +2,12 @@
 //!
 //! [`lab`] builds labs (namespaces, veths, routes), runs pod servers and the real `xlb` binary
 //! in them, and drives traffic; the end-to-end tests in `tests/` and `xlb-bench demo` use it.
+//! [`traffic`] (with [`bpf`] and [`afxdp`]) is the packet generator and sink, [`baseline`] the
+//! kube-proxy-shaped rules xlb is compared with, [`scenarios`] the benchmarks.
 
+pub mod afxdp;
+pub mod baseline;
+pub mod bpf;
 pub mod lab;
+pub mod scenarios;
+pub mod traffic;

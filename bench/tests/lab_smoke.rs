@@ -169,6 +169,7 @@ fn bridge_lab_with_two_nodes() {
         ],
         vips: vec![DEFAULT_VIP],
         ipv6: false,
+        pod_routes: true,
     };
     let lab = Lab::new(spec).expect("lab");
     let names = lab.namespaces();

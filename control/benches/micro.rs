@@ -1,13 +1,24 @@
 //! BPF_PROG_TEST_RUN ns/packet of the datapath's paths against a floor program, measured in
-//! the same run and interleaved (`cargo bench -p xlb --bench micro`; needs root).
+//! the same run and interleaved (`cargo bench -p xlb --bench micro`; needs root;
+//! `xlb-bench micro` runs it and prints the table).
 //!
-//! `repeat > 1` runs the program on its own output from the second iteration on. Each frame is
-//! therefore chosen to be a fixed point of the path it times: the frontend's only backend is
-//! the frontend address itself, so the DNAT writes back the bytes it read and every iteration
-//! takes the same path. The counters prove it: after each run the path's counter must have
-//! grown by exactly `repeat`, and the output frame must equal the input.
+//! `repeat > 1` runs the program on its own output from the second iteration on. Two ways
+//! around that, both used here:
+//!
+//! * fixed points: the frontend's only backend is the frontend address itself, so the DNAT
+//!   writes back the bytes it read and every iteration takes the same path (the original rows);
+//! * the frame-restoring wrapper `xlb_restore` (`xdp/src/bin/restore.rs`): it writes the
+//!   original frame back, then tail-calls the program under test, so rewriting paths can be
+//!   timed with a real backend. Its own cost is the wrapper row (wrapper + floor) minus the
+//!   floor, measured in the same run and subtracted from the wrapped rows.
+//!
+//! Counters prove the path of every iteration: after each run the path's global counter must
+//! have grown by exactly `repeat` (and the wrapper's restore counter too), and the output frame
+//! must be what the path produces (the input for fixed points and drops, the DNATed frame for
+//! wrapped rows). Encap/decap rows come with remote backends (issue 3).
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
@@ -20,8 +31,30 @@ use xlb::{
     reconcile::Reconciler,
 };
 
+/// The frame-restoring wrapper, built with the other programs by `build.rs`.
+static RESTORE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-restore"));
+const PROG_RESTORE: &str = "xlb_restore";
+const RESTORE_MAX_FRAME: usize = 256;
+
+/// Mirror of `Frame` in `xdp/src/bin/restore.rs`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RestoreFrame {
+    len: u32,
+    _pad: u32,
+    bytes: [u8; RESTORE_MAX_FRAME],
+}
+// SAFETY: repr(C), plain bytes and integers, no padding.
+unsafe impl aya::Pod for RestoreFrame {}
+
 const REPEAT: u32 = 200_000;
 const RUNS: usize = 5;
+
+const VIP: [u8; 4] = [198, 19, 255, 1];
+const VIP_REAL: [u8; 4] = [198, 19, 255, 2];
+const VIP_DENIED: [u8; 4] = [198, 19, 255, 3];
+const POD: [u8; 4] = [198, 18, 1, 11];
 
 const MANIFEST: &str = r#"
 apiVersion: v1
@@ -38,26 +71,194 @@ metadata: {name: bench-a, namespace: default, labels: {kubernetes.io/service-nam
 addressType: IPv4
 ports: [{name: http, port: 80, protocol: TCP}]
 endpoints: [{addresses: ["198.19.255.1"], nodeName: node-a}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: real, namespace: default}
+spec:
+  type: LoadBalancer
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+status: {loadBalancer: {ingress: [{ip: 198.19.255.2}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: real-a, namespace: default, labels: {kubernetes.io/service-name: real}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: ["198.18.1.11"], nodeName: node-a}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: walled, namespace: default}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: ["198.18.200.0/24"]
+  ports: [{name: http, port: 80, targetPort: 80, protocol: TCP}]
+status: {loadBalancer: {ingress: [{ip: 198.19.255.3}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: walled-a, namespace: default, labels: {kubernetes.io/service-name: walled}}
+addressType: IPv4
+ports: [{name: http, port: 80, protocol: TCP}]
+endpoints: [{addresses: ["198.19.255.3"], nodeName: node-a}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: remote, namespace: default}
+spec:
+  type: LoadBalancer
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+status: {loadBalancer: {ingress: [{ip: 198.19.255.4}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: remote-c, namespace: default, labels: {kubernetes.io/service-name: remote}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: ["198.18.4.11"], nodeName: node-c}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 198.18.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-c}
+status: {addresses: [{type: InternalIP, address: 198.18.0.4}]}
 "#;
 
-fn frame(dst: [u8; 4], syn: bool) -> Vec<u8> {
+const VIP_REMOTE: [u8; 4] = [198, 19, 255, 4];
+
+/// The bench runs in a private network namespace holding an "uplink" veth (198.18.0.2/24) with
+/// a permanent neighbour entry for node-c, so the encapsulation's FIB lookup succeeds the same
+/// way on every machine and nothing is ever sent. Removed on drop.
+struct BenchNetns {
+    name: String,
+    ifindex: u32,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl BenchNetns {
+    fn enter() -> Self {
+        let name = format!("xlbmicro-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        // The guard exists before anything can fail, so a failed setup still removes it.
+        let mut ns = BenchNetns {
+            name: name.clone(),
+            ifindex: 0,
+        };
+        ip(&[
+            "-n", &name, "link", "add", "up0", "type", "veth", "peer", "name", "peer0",
+        ]);
+        ip(&["-n", &name, "link", "set", "peer0", "up"]);
+        ip(&["-n", &name, "link", "set", "up0", "up"]);
+        ip(&["-n", &name, "addr", "add", "198.18.0.2/24", "dev", "up0"]);
+        ip(&[
+            "-n",
+            &name,
+            "neigh",
+            "add",
+            "198.18.0.4",
+            "lladdr",
+            "02:00:00:00:00:04",
+            "dev",
+            "up0",
+            "nud",
+            "permanent",
+        ]);
+        let out = std::process::Command::new("nsenter")
+            .args([
+                &format!("--net=/run/netns/{name}"),
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .output()
+            .expect("sysctl");
+        assert!(out.status.success());
+        let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setns on a valid namespace fd; this thread runs every measurement.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let idx = std::fs::read_to_string("/sys/class/net/up0/ifindex")
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let ifindex = idx.unwrap_or_else(|| {
+            let c = std::ffi::CString::new("up0").unwrap();
+            // SAFETY: valid C string.
+            unsafe { libc::if_nametoindex(c.as_ptr()) }
+        });
+        ns.ifindex = ifindex;
+        ns
+    }
+}
+
+impl Drop for BenchNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// struct xdp_md with only the ingress interface set, as BPF_PROG_TEST_RUN takes it.
+fn xdp_ctx(len: usize, ifindex: u32) -> Vec<u8> {
+    [0u32, len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect()
+}
+
+static IFINDEX: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn frame(dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4([198, 18, 0, 10], dst, 64)
-        .tcp(40000, 80, 1, 64240);
+        .tcp(40000, dport, 1, 64240);
     let b = if syn { b.syn() } else { b.ack(1) };
     let mut v = Vec::new();
     b.write(&mut v, &[]).unwrap();
     v
 }
 
+/// `f` with Ethernet padding to a multiple of 8 bytes (what the restore wrapper takes).
+fn padded(f: &[u8]) -> Vec<u8> {
+    let mut v = f.to_vec();
+    v.resize(f.len().div_ceil(8) * 8, 0);
+    v
+}
+
 /// One run of `REPEAT` iterations: (verdict, mean ns per iteration, output frame).
 fn time(prog: &Xdp, input: &[u8]) -> (u32, f64, Vec<u8>) {
-    let mut out = vec![0u8; input.len() + 64];
+    run(prog, input, REPEAT)
+}
+
+/// `repeat` iterations on `input` arriving on the bench namespace's uplink.
+fn run(prog: &Xdp, input: &[u8], repeat: u32) -> (u32, f64, Vec<u8>) {
+    let mut out = vec![0u8; input.len() + 128];
+    let ctx = xdp_ctx(
+        input.len(),
+        IFINDEX.load(std::sync::atomic::Ordering::Relaxed),
+    );
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut out),
-            repeat: REPEAT,
+            ctx_in: Some(&ctx),
+            repeat,
             ..TestRunOptions::new()
         })
         .expect("test_run");
@@ -68,6 +269,55 @@ fn time(prog: &Xdp, input: &[u8]) -> (u32, f64, Vec<u8>) {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// Which program a row runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prog {
+    Floor,
+    Xlb,
+    /// The wrapper, tail-calling the floor.
+    WrapFloor,
+    /// The wrapper, tail-calling xlb.
+    WrapXlb,
+    /// The wrapper, tail-calling node-c's xlb (the backend node of the remote Service).
+    WrapXlbC,
+}
+
+struct Row {
+    name: &'static str,
+    prog: Prog,
+    input: Vec<u8>,
+    reason: Option<Reason>,
+    /// Expected output frame.
+    output: Vec<u8>,
+    /// Expected verdict.
+    verdict: u32,
+}
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+fn restore_count(wrap: &Ebpf) -> u64 {
+    let m: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(wrap.map("XLB_RESTORE_STATS").unwrap()).unwrap();
+    m.get(&0, 0).unwrap().iter().sum()
+}
+
+fn set_restore(wrap: &mut Ebpf, input: &[u8], target: &Xdp) {
+    let mut f = RestoreFrame {
+        len: input.len() as u32,
+        _pad: 0,
+        bytes: [0; RESTORE_MAX_FRAME],
+    };
+    f.bytes[..input.len()].copy_from_slice(input);
+    let mut frames: Array<&mut MapData, RestoreFrame> =
+        Array::try_from(wrap.map_mut("XLB_RESTORE_FRAME").unwrap()).unwrap();
+    frames.set(0, f, 0).unwrap();
+    let mut progs: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(wrap.map_mut("XLB_RESTORE_PROGS").unwrap()).unwrap();
+    progs.set(0, target.fd().unwrap(), 0).unwrap();
 }
 
 fn main() {
@@ -88,7 +338,41 @@ fn main() {
         table_size: 16381,
         extra_local_addrs: vec![],
     };
+    let netns = BenchNetns::enter();
+    IFINDEX.store(netns.ifindex, std::sync::atomic::Ordering::Relaxed);
+    rec.apply_tunnel(&xlb::tunnel::tunnel_plan(
+        &state,
+        "node-a",
+        lb_common::maps::GENEVE_PORT,
+        &[],
+    ))
+    .expect("apply tunnel");
     rec.apply(&compile(&state, &node)).expect("apply");
+    // node-c's datapath, for the decapsulation rows.
+    let Loaded {
+        ebpf: mut ebpf_c,
+        maps: maps_c,
+    } = loader::load(&LoadOptions {
+        pin_dir: None,
+        conntrack_size: 65536,
+    })
+    .expect("load node-c");
+    let mut rec_c = Reconciler::adopt(maps_c).expect("adopt node-c");
+    let node_c = NodeIdentity {
+        node_name: "node-c".into(),
+        ..node.clone()
+    };
+    rec_c
+        .apply_tunnel(&xlb::tunnel::tunnel_plan(
+            &state,
+            "node-c",
+            lb_common::maps::GENEVE_PORT,
+            &[],
+        ))
+        .expect("apply node-c tunnel");
+    rec_c
+        .apply(&compile(&state, &node_c))
+        .expect("apply node-c");
 
     let mut floor_obj = EbpfLoader::new().load(FLOOR_OBJECT).expect("load floor");
     let floor: &mut Xdp = floor_obj
@@ -97,77 +381,261 @@ fn main() {
         .try_into()
         .unwrap();
     floor.load().expect("load floor program");
-
-    let vip = [198, 19, 255, 1];
-    let syn = frame(vip, true);
-    let ack = frame(vip, false);
-    let other = frame([198, 18, 0, 99], true);
-    // Open the flow once so the ACK path is a conntrack hit.
-    loader::xdp_program(&mut ebpf)
+    let mut wrap_obj = EbpfLoader::new()
+        .load(RESTORE_OBJECT)
+        .expect("load the restore wrapper");
+    let wrap: &mut Xdp = wrap_obj
+        .program_mut(PROG_RESTORE)
         .unwrap()
-        .test_run(TestRunOptions {
-            data_in: Some(&syn),
-            ..TestRunOptions::new()
-        })
+        .try_into()
         .unwrap();
+    wrap.load().expect("load the restore wrapper program");
 
-    let paths: [(&str, &[u8], Option<Reason>); 4] = [
-        ("floor (parse + XDP_TX)", &syn, None),
-        ("established TCP (conntrack hit)", &ack, Some(Reason::CtHit)),
-        (
-            "new-flow SYN (Maglev + conntrack insert)",
-            &syn,
-            Some(Reason::CtNew),
-        ),
-        ("non-frontend pass", &other, Some(Reason::PassNoFrontend)),
+    let syn = frame(VIP, 80, true);
+    let ack = frame(VIP, 80, false);
+    let other = frame([198, 18, 0, 99], 80, true);
+    let denied = frame(VIP_DENIED, 80, true);
+    let real_syn = padded(&frame(VIP_REAL, 80, true));
+    let real_ack = padded(&frame(VIP_REAL, 80, false));
+    let syn_padded = padded(&syn);
+    // What xlb makes of them: DNAT to the pod's 8080, checksums fixed.
+    let dnat = |f: &[u8]| -> Vec<u8> {
+        let tcp = etherparse::TcpHeaderSlice::from_slice(&f[34..]).unwrap();
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([198, 18, 0, 10], POD, 64)
+            .tcp(40000, 8080, 1, 64240);
+        let b = if tcp.syn() { b.syn() } else { b.ack(1) };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        padded(&v)
+    };
+    // The remote Service: encapsulated to node-c. The expected outputs are what one wrapped
+    // run makes; every timed run must make exactly the same bytes.
+    let remote_syn = padded(&frame(VIP_REMOTE, 80, true));
+    let remote_ack = padded(&frame(VIP_REMOTE, 80, false));
+    let once = |wrap_obj: &mut Ebpf, target: &Xdp, input: &[u8]| -> Vec<u8> {
+        set_restore(wrap_obj, input, target);
+        let (verdict, _, out) = run(
+            wrap_obj.program(PROG_RESTORE).unwrap().try_into().unwrap(),
+            input,
+            1,
+        );
+        assert!(
+            verdict == XDP_TX || verdict == XDP_PASS,
+            "setup run: verdict {verdict}"
+        );
+        out
+    };
+    let encap_syn = once(
+        &mut wrap_obj,
+        loader::xdp_program(&mut ebpf).unwrap(),
+        &remote_syn,
+    );
+    assert_eq!(
+        encap_syn.len(),
+        remote_syn.len() + lb_common::maps::ENCAP_OVERHEAD as usize
+    );
+    let encap_ack = once(
+        &mut wrap_obj,
+        loader::xdp_program(&mut ebpf).unwrap(),
+        &remote_ack,
+    );
+    let decap_out = once(
+        &mut wrap_obj,
+        loader::xdp_program(&mut ebpf_c).unwrap(),
+        &encap_syn,
+    );
+    assert_eq!(
+        &decap_out[14..],
+        &encap_syn[14 + lb_common::maps::ENCAP_OVERHEAD as usize..]
+    );
+    // Open both flows once so the ACK paths are conntrack hits.
+    for f in [&syn, &real_syn] {
+        loader::xdp_program(&mut ebpf)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(f),
+                ..TestRunOptions::new()
+            })
+            .unwrap();
+    }
+
+    let rows = [
+        Row {
+            name: "floor (parse + XDP_TX)",
+            prog: Prog::Floor,
+            input: syn.clone(),
+            reason: None,
+            output: syn.clone(),
+            verdict: XDP_TX,
+        },
+        Row {
+            name: "established TCP (conntrack hit)",
+            prog: Prog::Xlb,
+            input: ack.clone(),
+            reason: Some(Reason::CtHit),
+            output: ack.clone(),
+            verdict: XDP_PASS,
+        },
+        Row {
+            name: "new-flow SYN (Maglev + conntrack insert)",
+            prog: Prog::Xlb,
+            input: syn.clone(),
+            reason: Some(Reason::CtNew),
+            output: syn.clone(),
+            verdict: XDP_PASS,
+        },
+        Row {
+            name: "non-frontend pass",
+            prog: Prog::Xlb,
+            input: other.clone(),
+            reason: Some(Reason::PassNoFrontend),
+            output: other.clone(),
+            verdict: XDP_PASS,
+        },
+        Row {
+            name: "denied source (loadBalancerSourceRanges)",
+            prog: Prog::Xlb,
+            input: denied.clone(),
+            reason: Some(Reason::DropSourceRange),
+            output: denied.clone(),
+            verdict: XDP_DROP,
+        },
+        Row {
+            name: "restore wrapper + floor",
+            prog: Prog::WrapFloor,
+            input: syn_padded.clone(),
+            reason: None,
+            output: syn_padded.clone(),
+            verdict: XDP_TX,
+        },
+        Row {
+            name: "established TCP, real DNAT (wrapped)",
+            prog: Prog::WrapXlb,
+            input: real_ack.clone(),
+            reason: Some(Reason::CtHit),
+            output: dnat(&real_ack),
+            verdict: XDP_PASS,
+        },
+        Row {
+            name: "new-flow SYN, real DNAT (wrapped)",
+            prog: Prog::WrapXlb,
+            input: real_syn.clone(),
+            reason: Some(Reason::CtNew),
+            output: dnat(&real_syn),
+            verdict: XDP_PASS,
+        },
+        Row {
+            name: "encap: established TCP to a remote pod (wrapped)",
+            prog: Prog::WrapXlb,
+            input: remote_ack.clone(),
+            reason: Some(Reason::CtHit),
+            output: encap_ack.clone(),
+            verdict: XDP_TX,
+        },
+        Row {
+            name: "encap: new-flow SYN to a remote pod (wrapped)",
+            prog: Prog::WrapXlb,
+            input: remote_syn.clone(),
+            reason: Some(Reason::CtNew),
+            output: encap_syn.clone(),
+            verdict: XDP_TX,
+        },
+        Row {
+            name: "decap on the backend's node (wrapped)",
+            prog: Prog::WrapXlbC,
+            input: encap_syn.clone(),
+            reason: Some(Reason::Decap),
+            output: decap_out.clone(),
+            verdict: XDP_PASS,
+        },
     ];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     for _ in 0..RUNS {
-        for (i, (name, input, reason)) in paths.iter().enumerate() {
-            let before = reason.map(|r| rec.maps.global(r).unwrap());
-            let (_, ns, out) = match reason {
-                None => time(
-                    floor_obj.program(PROG_FLOOR).unwrap().try_into().unwrap(),
-                    input,
-                ),
-                Some(_) => time(loader::xdp_program(&mut ebpf).unwrap(), input),
+        for (i, row) in rows.iter().enumerate() {
+            let counters = if row.prog == Prog::WrapXlbC {
+                &rec_c
+            } else {
+                &rec
             };
+            let before = row.reason.map(|r| counters.maps.global(r).unwrap());
+            let wrapped = matches!(row.prog, Prog::WrapFloor | Prog::WrapXlb | Prog::WrapXlbC);
+            if wrapped {
+                let target: &Xdp = match row.prog {
+                    Prog::WrapFloor => floor_obj.program(PROG_FLOOR).unwrap().try_into().unwrap(),
+                    Prog::WrapXlbC => loader::xdp_program(&mut ebpf_c).unwrap(),
+                    _ => loader::xdp_program(&mut ebpf).unwrap(),
+                };
+                set_restore(&mut wrap_obj, &row.input, target);
+            }
+            let restored_before = restore_count(&wrap_obj);
+            let (verdict, ns, out) = match row.prog {
+                Prog::Floor => time(
+                    floor_obj.program(PROG_FLOOR).unwrap().try_into().unwrap(),
+                    &row.input,
+                ),
+                Prog::Xlb => time(loader::xdp_program(&mut ebpf).unwrap(), &row.input),
+                Prog::WrapFloor | Prog::WrapXlb | Prog::WrapXlbC => time(
+                    wrap_obj.program(PROG_RESTORE).unwrap().try_into().unwrap(),
+                    &row.input,
+                ),
+            };
+            let name = row.name;
+            assert_eq!(verdict, row.verdict, "{name}: verdict");
             assert_eq!(
-                &out[..],
-                *input,
-                "{name}: the output differs from the input"
+                out, row.output,
+                "{name}: the output is not what this path makes"
             );
-            if let (Some(r), Some(b)) = (reason, before) {
-                let grown = rec.maps.global(*r).unwrap() - b;
+            if let (Some(r), Some(b)) = (row.reason, before) {
+                let grown = counters.maps.global(r).unwrap() - b;
                 assert_eq!(
                     grown, REPEAT as u64,
                     "{name}: not every iteration took this path"
                 );
             }
+            if wrapped {
+                assert_eq!(
+                    restore_count(&wrap_obj) - restored_before,
+                    REPEAT as u64,
+                    "{name}: not every iteration was restored"
+                );
+            }
             samples[i].push(ns);
         }
     }
-    let floor_ns = median(samples[0].clone());
-    println!("BPF_PROG_TEST_RUN, {REPEAT} iterations per run, median of {RUNS} interleaved runs");
+    let med: Vec<f64> = samples.iter().map(|s| median(s.clone())).collect();
+    let floor_ns = med[0];
+    let wrapper_ns = med[5] - floor_ns;
+    println!(
+        "BPF_PROG_TEST_RUN, {REPEAT} iterations per run, median of {RUNS} interleaved runs; \
+         wrapped rows less the wrapper's own {wrapper_ns:.0} ns"
+    );
     println!(
         "{:<42} {:>8} {:>12} {:>9}",
         "path", "ns/pkt", "over floor", "x floor"
     );
     let mut json = Vec::new();
-    for (i, (name, _, _)) in paths.iter().enumerate() {
-        let m = median(samples[i].clone());
+    for (i, row) in rows.iter().enumerate() {
+        let wrapped = matches!(row.prog, Prog::WrapXlb | Prog::WrapXlbC);
+        let m = if wrapped { med[i] - wrapper_ns } else { med[i] };
         println!(
             "{:<42} {:>8.0} {:>12.0} {:>9.2}",
-            name,
+            row.name,
             m,
             m - floor_ns,
             m / floor_ns.max(1.0)
         );
         json.push(serde_json::json!({
-            "path": name, "ns_per_packet": m, "runs": samples[i], "floor_ns": floor_ns,
+            "path": row.name, "ns_per_packet": m, "runs": samples[i], "floor_ns": floor_ns,
+            "wrapped": wrapped, "wrapper_ns": if wrapped { wrapper_ns } else { 0.0 },
+            "counter": row.reason.map(|r| r.name()),
         }));
     }
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xlb-bench");
+    let out = std::env::var_os("XLB_BENCH_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xlb-bench")
+        });
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(
         out.join("micro.json"),

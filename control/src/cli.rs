@@ -1,5 +1,5 @@
 //! The command line, defined once (clap derive).
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lb_common::maps::{DEFAULT_CONNTRACK_SIZE, MAGLEV_DEFAULT_TABLE_SIZE};
@@ -11,13 +11,16 @@ use lb_common::maps::{DEFAULT_CONNTRACK_SIZE, MAGLEV_DEFAULT_TABLE_SIZE};
     about = "XDP load balancer for Kubernetes NodePort and LoadBalancer Services"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Attach the datapath to interfaces and keep it programmed from manifests.
+    /// Attach the datapath to interfaces and keep it programmed from the Kubernetes API or
+    /// manifests.
     Run(RunArgs),
     /// Frontends and their backends, with counters.
     Services(OutputArgs),
@@ -26,8 +29,19 @@ pub enum Command {
         #[command(subcommand)]
         command: ConntrackCommand,
     },
-    /// Global counters by reason.
-    Stats(OutputArgs),
+    /// Global counters by reason, with rates over `--interval`.
+    Stats(StatsArgs),
+    /// Maglev tables: size, slots per backend, imbalance.
+    Maglev {
+        #[command(subcommand)]
+        command: MaglevCommand,
+    },
+    /// A live view of frontends, backends and drops, refreshed in place (q quits).
+    Top(TopArgs),
+    /// Print a shell completion script (e.g. `xlb completions bash > /etc/bash_completion.d/xlb`).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man(ManArgs),
     /// Detach from an interface; with no interface left, remove the pinned maps.
     Down(DownArgs),
     /// Print the pin directory of this network namespace's datapath.
@@ -37,7 +51,11 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum ConntrackCommand {
     /// List tracked flows.
-    List(OutputArgs),
+    List(ConntrackListArgs),
+    /// Stream new and ended flows until interrupted (or `--duration`).
+    Watch(ConntrackWatchArgs),
+    /// Remove flows (and their reverse-NAT entries); asks for confirmation unless `--yes`.
+    Flush(ConntrackFlushArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -56,9 +74,14 @@ pub struct RunArgs {
     /// This node's Kubernetes Node name (endpoints with this nodeName are local).
     #[arg(long)]
     pub node_name: String,
-    /// Manifest file or directory (multi-document YAML as `kubectl get -o yaml` prints it).
+    /// Read the cluster from a manifest file or directory (multi-document YAML as
+    /// `kubectl get -o yaml` prints it) instead of the Kubernetes API.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API with this kubeconfig file. Without it and without
+    /// --manifests, the in-cluster service account is used.
     #[arg(long)]
-    pub manifests: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: XdpModeArg,
     /// Maglev table size M (prime, at most 131071).
@@ -75,6 +98,13 @@ pub struct RunArgs {
     /// How often to check the manifests for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub poll_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics, and /healthz and /readyz.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Serve /readyz and /healthz (200 once the first full sync is programmed, 503 before) and
+    /// /livez on this address (e.g. 0.0.0.0:10356 for the DaemonSet's probes).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub health_addr: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -89,6 +119,7 @@ pub enum OutputFormat {
     #[default]
     Human,
     Json,
+    Yaml,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -105,4 +136,173 @@ pub struct DownArgs {
     pub ifaces: Vec<String>,
     #[command(flatten)]
     pub pin: PinArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log format (logs go to stderr).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// The most verbose level logged.
+    #[arg(long, value_enum, default_value = "info", global = true)]
+    pub log_level: LogLevel,
+}
+
+/// Seconds, fractions allowed (`0.5`), between 0.05 and 3600.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.05..=3600.0).contains(&v) {
+        return Err(format!("{s} s is outside 0.05..=3600"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
+/// Which flows a conntrack command applies to; all given filters must match.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FlowFilterArgs {
+    /// Flows to this frontend: ADDR, ADDR:PORT or :PORT (NodePort flows carry the node address
+    /// the client used).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub frontend: Option<String>,
+    /// Flows to this backend: ADDR or ADDR:PORT.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub backend: Option<String>,
+    /// Flows from this client: ADDR, ADDR:PORT or CIDR.
+    #[arg(long, value_name = "ADDR[:PORT]|CIDR")]
+    pub client: Option<String>,
+    /// Flows of this protocol.
+    #[arg(long, short = 'p', value_enum)]
+    pub protocol: Option<ProtocolArg>,
+    /// Flows of this Service port, as `xlb services` names it (`ns/name` matches all its ports).
+    #[arg(long)]
+    pub service: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum FlowSort {
+    /// By frontend, then client.
+    #[default]
+    Frontend,
+    /// By client address and port.
+    Client,
+    /// By backend, then client.
+    Backend,
+    /// Oldest first.
+    Age,
+    /// Most idle first.
+    Idle,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConntrackListArgs {
+    #[command(flatten)]
+    pub filter: FlowFilterArgs,
+    #[arg(long, value_enum, default_value = "frontend")]
+    pub sort: FlowSort,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConntrackWatchArgs {
+    #[command(flatten)]
+    pub filter: FlowFilterArgs,
+    /// How often to read the connection table, in seconds.
+    #[arg(long, default_value = "1", value_parser = parse_seconds)]
+    pub interval: Duration,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long, value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConntrackFlushArgs {
+    #[command(flatten)]
+    pub filter: FlowFilterArgs,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatsArgs {
+    /// Read the counters twice, this many seconds apart, and print rates per second too.
+    #[arg(long, short = 'i', value_parser = parse_seconds)]
+    pub interval: Option<Duration>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaglevCommand {
+    /// Table size, slots per backend and imbalance of a Service port's table.
+    Show(MaglevShowArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MaglevShowArgs {
+    /// The Service port (`ns/name:port/PROTO` as `xlb services` prints it; `ns/name` or `name`
+    /// shows every port of the Service).
+    pub service: String,
+    /// Also print every slot's backend.
+    #[arg(long)]
+    pub slots: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// Refresh interval in seconds.
+    #[arg(long, short = 'i', default_value = "1", value_parser = parse_seconds)]
+    pub interval: Duration,
+    /// How many backends to show (the busiest).
+    #[arg(long, default_value_t = 10)]
+    pub backends: usize,
+    #[command(flatten)]
+    pub pin: PinArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ManArgs {
+    /// Write `xlb.1` and one `xlb-COMMAND.1` per command here instead of printing `xlb.1`.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }

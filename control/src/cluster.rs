@@ -61,18 +61,61 @@ pub enum ClusterStateError {
     MissingName { kind: &'static str },
 }
 
+/// What changed in a [`ClusterState`] since the last [`ClusterState::take_changes`]: what the
+/// incremental compiler ([`Compiler`](crate::compile::Compiler)) must look at again.
+///
+/// Only real changes are recorded: upserting an object equal to the stored one (a resync, a
+/// relist that finds nothing new) records nothing, and a Node counts as changed only when its
+/// `status.addresses` (all that compile reads of a Node) change, or it appears or goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Services (namespace/name) whose Service object or any of whose EndpointSlices changed.
+    pub services: BTreeSet<ObjectKey>,
+    /// Nodes added, removed, or whose addresses changed.
+    pub nodes: BTreeSet<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.nodes.is_empty()
+    }
+
+    /// Adds `other`'s changes to these.
+    pub fn merge(&mut self, other: Changes) {
+        self.services.extend(other.services);
+        self.nodes.extend(other.nodes);
+    }
+}
+
 /// Services, EndpointSlices and Nodes, keyed for deterministic iteration.
 ///
 /// Besides the objects it keeps an index from Service to its EndpointSlices (by the
 /// [`LABEL_SERVICE_NAME`] label) so that [`ClusterState::endpoint_slices_for`] costs a map lookup,
-/// not a scan: compile calls it once per Service.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// not a scan: compile calls it once per Service; and it records what changed
+/// ([`ClusterState::take_changes`]) so that compile can redo only that. Equality compares the
+/// objects only, not the change record.
+#[derive(Debug, Clone, Default)]
 pub struct ClusterState {
     services: BTreeMap<ObjectKey, Service>,
     endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     nodes: BTreeMap<String, Node>,
     /// Service key -> names of the EndpointSlices (same namespace) labelled with it.
     slices_by_service: BTreeMap<ObjectKey, BTreeSet<String>>,
+    changes: Changes,
+}
+
+impl PartialEq for ClusterState {
+    fn eq(&self, other: &ClusterState) -> bool {
+        // The index is a function of the slices; the change record is history, not state.
+        self.services == other.services
+            && self.endpoint_slices == other.endpoint_slices
+            && self.nodes == other.nodes
+    }
+}
+
+/// The part of a Node that compile reads.
+fn node_addresses(node: &Node) -> Option<&Vec<k8s_openapi::api::core::v1::NodeAddress>> {
+    node.status.as_ref().and_then(|s| s.addresses.as_ref())
 }
 
 fn slice_service(key: &ObjectKey, slice: &EndpointSlice) -> Option<ObjectKey> {
@@ -93,6 +136,24 @@ impl ClusterState {
         self.services.is_empty() && self.endpoint_slices.is_empty() && self.nodes.is_empty()
     }
 
+    /// What changed since the last call (or since the state was created), and forgets it.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// What changed since the last [`ClusterState::take_changes`], without forgetting it.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Replaces every object with those of `other` (a manifest reload), recording only what
+    /// differs.
+    pub fn replace_all(&mut self, other: ClusterState) -> Result<(), ClusterStateError> {
+        self.replace_services(other.services.into_values())?;
+        self.replace_endpoint_slices(other.endpoint_slices.into_values())?;
+        self.replace_nodes(other.nodes.into_values())
+    }
+
     // ---- Services ----
 
     /// Inserts or replaces a Service; returns the one it replaced.
@@ -102,12 +163,18 @@ impl ClusterState {
     ) -> Result<Option<Service>, ClusterStateError> {
         let key = ObjectKey::of(&service.metadata)
             .ok_or(ClusterStateError::MissingName { kind: "Service" })?;
+        if self.services.get(&key) != Some(&service) {
+            self.changes.services.insert(key.clone());
+        }
         Ok(self.services.insert(key, service))
     }
 
     /// Removes a Service; returns it if it was present.
     pub fn delete_service(&mut self, namespace: &str, name: &str) -> Option<Service> {
-        self.services.remove(&ObjectKey::new(namespace, name))
+        let key = ObjectKey::new(namespace, name);
+        let previous = self.services.remove(&key)?;
+        self.changes.services.insert(key);
+        Some(previous)
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
@@ -134,6 +201,8 @@ impl ClusterState {
                 .ok_or(ClusterStateError::MissingName { kind: "Service" })?;
             map.insert(key, service);
         }
+        let changed = changed_keys(&self.services, &map, |a, b| a == b);
+        self.changes.services.extend(changed);
         self.services = map;
         Ok(())
     }
@@ -148,8 +217,12 @@ impl ClusterState {
         let key = ObjectKey::of(&slice.metadata).ok_or(ClusterStateError::MissingName {
             kind: "EndpointSlice",
         })?;
+        if self.endpoint_slices.get(&key) == Some(&slice) {
+            return Ok(Some(slice));
+        }
         let previous = self.remove_slice(&key);
         if let Some(service) = slice_service(&key, &slice) {
+            self.changes.services.insert(service.clone());
             self.slices_by_service
                 .entry(service)
                 .or_default()
@@ -166,13 +239,14 @@ impl ClusterState {
 
     fn remove_slice(&mut self, key: &ObjectKey) -> Option<EndpointSlice> {
         let previous = self.endpoint_slices.remove(key)?;
-        if let Some(service) = slice_service(key, &previous)
-            && let Some(names) = self.slices_by_service.get_mut(&service)
-        {
-            names.remove(&key.name);
-            if names.is_empty() {
-                self.slices_by_service.remove(&service);
+        if let Some(service) = slice_service(key, &previous) {
+            if let Some(names) = self.slices_by_service.get_mut(&service) {
+                names.remove(&key.name);
+                if names.is_empty() {
+                    self.slices_by_service.remove(&service);
+                }
             }
+            self.changes.services.insert(service);
         }
         Some(previous)
     }
@@ -198,6 +272,15 @@ impl ClusterState {
         let mut fresh = ClusterState::default();
         for slice in slices {
             fresh.upsert_endpoint_slice(slice)?;
+        }
+        for key in changed_keys(&self.endpoint_slices, &fresh.endpoint_slices, |a, b| a == b) {
+            let old = self.endpoint_slices.get(&key);
+            let new = fresh.endpoint_slices.get(&key);
+            for slice in old.into_iter().chain(new) {
+                if let Some(service) = slice_service(&key, slice) {
+                    self.changes.services.insert(service);
+                }
+            }
         }
         self.endpoint_slices = fresh.endpoint_slices;
         self.slices_by_service = fresh.slices_by_service;
@@ -232,12 +315,20 @@ impl ClusterState {
             .clone()
             .filter(|n| !n.is_empty())
             .ok_or(ClusterStateError::MissingName { kind: "Node" })?;
+        match self.nodes.get(&name) {
+            Some(old) if node_addresses(old) == node_addresses(&node) => {}
+            _ => {
+                self.changes.nodes.insert(name.clone());
+            }
+        }
         Ok(self.nodes.insert(name, node))
     }
 
     /// Removes a Node; returns it if it was present.
     pub fn delete_node(&mut self, name: &str) -> Option<Node> {
-        self.nodes.remove(name)
+        let previous = self.nodes.remove(name)?;
+        self.changes.nodes.insert(name.to_owned());
+        Some(previous)
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -262,9 +353,28 @@ impl ClusterState {
         for node in nodes {
             fresh.upsert_node(node)?;
         }
+        let changed = changed_keys(&self.nodes, &fresh.nodes, |a, b| {
+            node_addresses(a) == node_addresses(b)
+        });
+        self.changes.nodes.extend(changed);
         self.nodes = fresh.nodes;
         Ok(())
     }
+}
+
+/// The keys present in only one of two maps, or in both with values that `same` calls different.
+fn changed_keys<K: Ord + Clone, V>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    same: impl Fn(&V, &V) -> bool,
+) -> Vec<K> {
+    let mut changed: Vec<K> = old
+        .iter()
+        .filter(|(k, v)| new.get(*k).is_none_or(|n| !same(v, n)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    changed.extend(new.keys().filter(|k| !old.contains_key(*k)).cloned());
+    changed
 }
 
 #[cfg(test)]

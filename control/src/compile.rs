@@ -19,10 +19,26 @@
 //!   and protocol gives the target port for that slice's endpoints. Ready endpoints take new
 //!   flows; with none ready, serving+terminating ones do; other terminating ones stay listed with
 //!   weight 0 so established flows keep them.
+//! * `externalTrafficPolicy: Local` (on a Service reachable from outside): only this node's
+//!   endpoints, the same fallback computed over them; no local endpoint leaves an empty table
+//!   (the datapath drops). A `LoadBalancer` Service of this policy gets its `healthCheckNodePort`
+//!   served with the number of local ready endpoints.
+//! * `sessionAffinity: ClientIP` carries its timeout (default 10800 s) into the plan.
 //! * `loadBalancerSourceRanges` apply to the load-balancer frontends only.
 //!
 //! Input that cannot be used is skipped with a line in [`DatapathPlan::warnings`]; compile never
 //! fails.
+//!
+//! # Incremental compilation
+//!
+//! A Service compiles on its own, from its object, its EndpointSlices and the Nodes its
+//! endpoints name; only one thing couples Services: a frontend (address, port, protocol) that
+//! two service ports claim goes to the first in `namespace/name`, `spec.ports` order. [`Compiler`]
+//! exploits this: it keeps the last plan and, given the [`Changes`] a [`ClusterState`] recorded,
+//! recompiles only the Services that changed (and those that compete with them for a
+//! frontend, and those with endpoints on a Node whose addresses changed), then re-resolves the
+//! claims. [`compile`] is the same code with every Service dirty, so both give the same plan for
+//! the same state (`tests/compile_incremental.rs` checks this on random change sequences).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -33,63 +49,384 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lb_common::maglev::{self, MaglevBackend};
 use lb_common::maps::{MAGLEV_DEFAULT_TABLE_SIZE, NO_BACKEND};
 
-use crate::cluster::{ClusterState, ObjectKey};
+use crate::cluster::{Changes, ClusterState, ObjectKey};
 use crate::plan::{
-    BackendPlan, BackendState, DatapathPlan, FrontendKind, FrontendPlan, NodeIdentity, Protocol,
-    ServicePlan, ServicePortKey,
+    BackendPlan, BackendState, DatapathPlan, FrontendKind, FrontendPlan, HealthCheckPlan,
+    NodeIdentity, Protocol, ServicePlan, ServicePortKey,
 };
 
 /// Services with this label belong to another proxy; kube-proxy (and xlb) leave them alone.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 
+/// EndpointSlices (and Services) of headless Services carry this label; kube-proxy does not
+/// watch them, and neither does the Kubernetes source.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (Kubernetes' default, 3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
+/// The largest `timeoutSeconds` the API accepts (one day).
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+
 /// Compiles the cluster state into this node's datapath plan. Pure and deterministic.
 pub fn compile(state: &ClusterState, node: &NodeIdentity) -> DatapathPlan {
-    let mut warnings = Vec::new();
-    let table_size = match maglev::check_table_size(node.table_size) {
-        Ok(()) => node.table_size,
-        Err(e) => {
-            // The CLI validates the size; this keeps the plan well-formed if it did not.
-            warnings.push(format!(
-                "{e}; using the default table size {MAGLEV_DEFAULT_TABLE_SIZE}"
-            ));
-            MAGLEV_DEFAULT_TABLE_SIZE
-        }
-    };
-    let mut compiler = Compiler {
-        state,
-        node,
-        table_size,
-        plan: DatapathPlan {
-            warnings,
-            ..DatapathPlan::default()
-        },
-        claimed: BTreeMap::new(),
-        unknown_nodes: BTreeSet::new(),
-    };
-    compiler.local_addrs();
-    for (key, service) in state.services() {
-        compiler.service(key, service);
-    }
-    if !compiler.unknown_nodes.is_empty() {
-        let names: Vec<&str> = compiler.unknown_nodes.iter().map(String::as_str).collect();
-        compiler.plan.warnings.push(format!(
-            "backends run on Node(s) not in the cluster state, so without a node address: {}",
-            names.join(", ")
-        ));
-    }
-    compiler.plan
+    let mut compiler = Compiler::new();
+    compiler.update(state, node, &Changes::default());
+    compiler.into_plan()
 }
 
-struct Compiler<'a> {
-    state: &'a ClusterState,
-    node: &'a NodeIdentity,
-    table_size: u32,
+/// Keeps the last plan and recompiles only what changed. See the module documentation.
+///
+/// Feed it every change: [`Compiler::update`] with the [`Changes`] that
+/// [`ClusterState::take_changes`] returned since the previous update. The first update (and any
+/// update after a change of the node's name or table size) compiles everything.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    /// The identity of the last update; `None` before the first.
+    node: Option<NodeIdentity>,
     plan: DatapathPlan,
-    /// Datapath frontend keys (addr or NodePort wildcard, port, protocol) already taken, and by
-    /// whom: the first service port in key order keeps a contested frontend.
-    claimed: BTreeMap<(Option<Ipv4Addr>, u16, Protocol), ServicePortKey>,
-    /// Nodes named by remote endpoints that the state does not hold.
+    services: BTreeMap<ObjectKey, CompiledService>,
+    /// Every claim on a datapath frontend, by the ports that want it, in compile order.
+    claims: BTreeMap<Claim, BTreeMap<PortOrder, ServicePortKey>>,
+    /// Node name -> Services with endpoints naming it.
+    by_node: BTreeMap<String, BTreeSet<ObjectKey>>,
+    /// How many Services the last update compiled (for logs and tests).
+    last_compiled: usize,
+}
+
+/// A datapath frontend key: address (`None` = NodePort on every local address), port, protocol.
+type Claim = (Option<Ipv4Addr>, u16, Protocol);
+
+/// Where a port comes in compile order: its Service, then its index in `spec.ports`.
+type PortOrder = (ObjectKey, usize);
+
+/// What the compiler remembers of a Service between updates.
+#[derive(Debug, Default)]
+struct CompiledService {
+    /// The frontends each port wants, for the claims index.
+    wants: Vec<(PortOrder, Vec<Claim>)>,
+    /// Its warnings in the plan, claims resolved.
+    warnings: Vec<String>,
+    /// The keys it holds in `plan.services`.
+    planned: Vec<ServicePortKey>,
+    health_check: Option<(u16, HealthCheckPlan)>,
+    /// Nodes named by its endpoints (any port, any condition).
+    nodes: BTreeSet<String>,
+    /// Nodes not in the state that its planned backends run on.
     unknown_nodes: BTreeSet<String>,
+}
+
+/// A Service compiled on its own, before frontend claims are resolved.
+struct ServiceOutput {
+    items: Vec<Item>,
+    health_check: Option<(u16, HealthCheckPlan)>,
+    nodes: BTreeSet<String>,
+}
+
+/// Warnings and ports, in the order compile met them.
+enum Item {
+    Warning(String),
+    Port(Box<PortOutput>),
+}
+
+struct PortOutput {
+    order: PortOrder,
+    key: ServicePortKey,
+    /// The frontends this port wants, sorted by (kind, addr, port), possibly with repeats.
+    wants: Vec<FrontendPlan>,
+    /// Everything but the frontends (filled in once claims are resolved).
+    plan: ServicePlan,
+    /// Warnings about its backends; emitted only if the port keeps a frontend.
+    backend_warnings: Vec<String>,
+    unknown_nodes: BTreeSet<String>,
+}
+
+impl Compiler {
+    pub fn new() -> Compiler {
+        Compiler::default()
+    }
+
+    /// The plan of the last update.
+    pub fn plan(&self) -> &DatapathPlan {
+        &self.plan
+    }
+
+    pub fn into_plan(self) -> DatapathPlan {
+        self.plan
+    }
+
+    /// How many Services the last update compiled.
+    pub fn last_compiled(&self) -> usize {
+        self.last_compiled
+    }
+
+    /// Brings the plan up to date with `state`, given what changed since the last update.
+    pub fn update(
+        &mut self,
+        state: &ClusterState,
+        node: &NodeIdentity,
+        changes: &Changes,
+    ) -> &DatapathPlan {
+        let mut header = Vec::new();
+        let table_size = match maglev::check_table_size(node.table_size) {
+            Ok(()) => node.table_size,
+            Err(e) => {
+                // The CLI validates the size; this keeps the plan well-formed if it did not.
+                header.push(format!(
+                    "{e}; using the default table size {MAGLEV_DEFAULT_TABLE_SIZE}"
+                ));
+                MAGLEV_DEFAULT_TABLE_SIZE
+            }
+        };
+        let everything = self.node.as_ref().is_none_or(|last| {
+            last.node_name != node.node_name || last.table_size != node.table_size
+        });
+        let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
+        if everything {
+            self.services.clear();
+            self.claims.clear();
+            self.by_node.clear();
+            self.plan.services.clear();
+            dirty.extend(state.services().map(|(k, _)| k.clone()));
+        } else {
+            dirty.extend(changes.services.iter().cloned());
+            for name in &changes.nodes {
+                dirty.extend(self.by_node.get(name).into_iter().flatten().cloned());
+            }
+        }
+        self.node = Some(node.clone());
+
+        // Forget what the dirty Services held; note the frontends they claimed.
+        let mut contested: BTreeSet<Claim> = BTreeSet::new();
+        for key in &dirty {
+            if let Some(old) = self.forget(key) {
+                contested.extend(old.wants.into_iter().flat_map(|(_, c)| c));
+            }
+        }
+        // Compile them afresh and index what they want.
+        let mut outputs: BTreeMap<ObjectKey, ServiceOutput> = BTreeMap::new();
+        for key in &dirty {
+            if let Some(service) = state.service(&key.namespace, &key.name) {
+                let output = compile_service(state, node, table_size, key, service);
+                for (order, port_key, claims) in output.wants() {
+                    for claim in claims {
+                        contested.insert(claim);
+                        self.claims
+                            .entry(claim)
+                            .or_default()
+                            .insert(order.clone(), port_key.clone());
+                    }
+                }
+                outputs.insert(key.clone(), output);
+            }
+        }
+        // Services competing for a frontend a dirty one claimed (or gave up) resolve again. Their
+        // own input did not change, so neither do their claims: no further propagation.
+        let rivals: BTreeSet<ObjectKey> = contested
+            .iter()
+            .filter_map(|c| self.claims.get(c))
+            .flat_map(|ports| ports.keys().map(|(key, _)| key.clone()))
+            .filter(|key| !outputs.contains_key(key))
+            .collect();
+        for key in rivals {
+            if let (Some(service), Some(_)) = (
+                state.service(&key.namespace, &key.name),
+                self.forget_plan(&key),
+            ) {
+                outputs.insert(
+                    key.clone(),
+                    compile_service(state, node, table_size, &key, service),
+                );
+            }
+        }
+        self.last_compiled = outputs.len();
+
+        for (key, output) in outputs {
+            let compiled = self.assemble(output);
+            for name in &compiled.nodes {
+                self.by_node
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+            self.services.insert(key, compiled);
+        }
+
+        // The plan-wide parts are cheap and recomputed every time.
+        self.plan.local_addrs = BTreeSet::new();
+        match state.node(&node.node_name) {
+            Some(this) => {
+                let addrs = node_addresses(this, &["InternalIP", "ExternalIP"]);
+                self.plan.local_addrs.extend(addrs);
+            }
+            None => header.push(format!(
+                "Node {} is not in the cluster state: NodePorts match only the --iface addresses",
+                node.node_name
+            )),
+        }
+        self.plan
+            .local_addrs
+            .extend(node.extra_local_addrs.iter().copied());
+        let mut warnings = header;
+        let mut unknown_nodes = BTreeSet::new();
+        let mut health_checks: BTreeMap<u16, HealthCheckPlan> = BTreeMap::new();
+        let mut health_warnings = Vec::new();
+        for compiled in self.services.values() {
+            warnings.extend(compiled.warnings.iter().cloned());
+            unknown_nodes.extend(compiled.unknown_nodes.iter().cloned());
+            if let Some((port, check)) = &compiled.health_check {
+                match health_checks.get(port) {
+                    Some(first) => health_warnings.push(format!(
+                        "{}/{}: healthCheckNodePort {port} is already used by {}/{}; ignored here",
+                        check.namespace, check.name, first.namespace, first.name
+                    )),
+                    None => {
+                        health_checks.insert(*port, check.clone());
+                    }
+                }
+            }
+        }
+        if !unknown_nodes.is_empty() {
+            let names: Vec<&str> = unknown_nodes.iter().map(String::as_str).collect();
+            warnings.push(format!(
+                "backends run on Node(s) not in the cluster state, so without a node address: {}",
+                names.join(", ")
+            ));
+        }
+        warnings.extend(health_warnings);
+        self.plan.warnings = warnings;
+        self.plan.health_check_node_ports = health_checks;
+        &self.plan
+    }
+
+    /// Removes a Service from the plan, the claims index and the node index.
+    fn forget(&mut self, key: &ObjectKey) -> Option<CompiledService> {
+        let old = self.services.remove(key)?;
+        for key in &old.planned {
+            self.plan.services.remove(key);
+        }
+        for (order, claims) in &old.wants {
+            for claim in claims {
+                if let Some(ports) = self.claims.get_mut(claim) {
+                    ports.remove(order);
+                    if ports.is_empty() {
+                        self.claims.remove(claim);
+                    }
+                }
+            }
+        }
+        for name in &old.nodes {
+            if let Some(keys) = self.by_node.get_mut(name) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_node.remove(name);
+                }
+            }
+        }
+        Some(old)
+    }
+
+    /// Removes a Service's ports from the plan but keeps its claims (they do not change).
+    fn forget_plan(&mut self, key: &ObjectKey) -> Option<()> {
+        let old = self.services.get(key)?;
+        for key in &old.planned {
+            self.plan.services.remove(key);
+        }
+        Some(())
+    }
+
+    /// Resolves a compiled Service's frontend claims and moves its ports into the plan.
+    fn assemble(&mut self, output: ServiceOutput) -> CompiledService {
+        let mut compiled = CompiledService {
+            wants: output
+                .wants()
+                .map(|(order, _, claims)| (order.clone(), claims))
+                .collect(),
+            health_check: output.health_check,
+            nodes: output.nodes,
+            ..CompiledService::default()
+        };
+        for item in output.items {
+            let port = match item {
+                Item::Warning(w) => {
+                    compiled.warnings.push(w);
+                    continue;
+                }
+                Item::Port(port) => *port,
+            };
+            let PortOutput {
+                order,
+                key,
+                wants,
+                mut plan,
+                backend_warnings,
+                unknown_nodes,
+            } = port;
+            let mut kept: Vec<FrontendPlan> = Vec::with_capacity(wants.len());
+            for frontend in wants {
+                let shown = show_frontend(&frontend, key.protocol);
+                if let Some(first) = kept
+                    .iter()
+                    .find(|k| (k.addr, k.port) == (frontend.addr, frontend.port))
+                {
+                    // The same address listed twice is harmless; as both kinds, the
+                    // load-balancer one (sorted first) wins, so its source ranges stay enforced.
+                    if first.kind != frontend.kind {
+                        compiled.warnings.push(format!(
+                            "{key}: {shown} is both a load-balancer ingress IP and an external IP; \
+                             kept as load-balancer"
+                        ));
+                    }
+                    continue;
+                }
+                let claim = (frontend.addr, frontend.port, key.protocol);
+                let owner = self
+                    .claims
+                    .get(&claim)
+                    .and_then(|ports| ports.iter().next());
+                if let Some((owner_order, owner)) = owner
+                    && *owner_order != order
+                {
+                    compiled.warnings.push(format!(
+                        "{key}: frontend {shown} is already used by {owner}; ignored here"
+                    ));
+                    continue;
+                }
+                kept.push(frontend);
+            }
+            if kept.is_empty() {
+                continue;
+            }
+            compiled.warnings.extend(backend_warnings);
+            compiled.unknown_nodes.extend(unknown_nodes);
+            if !kept.iter().any(|f| f.source_ranges_apply) {
+                plan.source_ranges = Vec::new();
+            }
+            plan.frontends = kept;
+            compiled.planned.push(key.clone());
+            self.plan.services.insert(key, plan);
+        }
+        compiled
+    }
+}
+
+impl ServiceOutput {
+    /// Each port's compile order, key and the claims of the frontends it wants.
+    fn wants(&self) -> impl Iterator<Item = (&PortOrder, &ServicePortKey, Vec<Claim>)> + '_ {
+        self.items.iter().filter_map(|item| match item {
+            Item::Port(port) => {
+                let mut claims: Vec<Claim> = port
+                    .wants
+                    .iter()
+                    .map(|f| (f.addr, f.port, port.key.protocol))
+                    .collect();
+                claims.sort();
+                claims.dedup();
+                Some((&port.order, &port.key, claims))
+            }
+            Item::Warning(_) => None,
+        })
+    }
 }
 
 /// What a Service contributes to all of its ports.
@@ -98,6 +435,8 @@ struct ServiceFrontends {
     external_ips: Vec<Ipv4Addr>,
     node_ports: bool,
     source_ranges: Vec<(Ipv4Addr, u8)>,
+    local_only: bool,
+    affinity_timeout: Option<u32>,
 }
 
 /// An endpoint's conditions, best first (the order matters: duplicates keep the best).
@@ -114,25 +453,41 @@ struct Candidate {
     node_name: Option<String>,
 }
 
-impl Compiler<'_> {
-    fn warn(&mut self, message: String) {
-        self.plan.warnings.push(message);
-    }
+/// Compiles one Service on its own: everything but the resolution of frontend claims.
+fn compile_service(
+    state: &ClusterState,
+    node: &NodeIdentity,
+    table_size: u32,
+    key: &ObjectKey,
+    service: &Service,
+) -> ServiceOutput {
+    let mut c = ServiceCompiler {
+        state,
+        node,
+        table_size,
+        output: ServiceOutput {
+            items: Vec::new(),
+            health_check: None,
+            nodes: BTreeSet::new(),
+        },
+        local_ready: BTreeSet::new(),
+    };
+    c.service(key, service);
+    c.output
+}
 
-    fn local_addrs(&mut self) {
-        match self.state.node(&self.node.node_name) {
-            Some(node) => {
-                let addrs = node_addresses(node, &["InternalIP", "ExternalIP"]);
-                self.plan.local_addrs.extend(addrs);
-            }
-            None => self.warn(format!(
-                "Node {} is not in the cluster state: NodePorts match only the --iface addresses",
-                self.node.node_name
-            )),
-        }
-        self.plan
-            .local_addrs
-            .extend(self.node.extra_local_addrs.iter().copied());
+struct ServiceCompiler<'a> {
+    state: &'a ClusterState,
+    node: &'a NodeIdentity,
+    table_size: u32,
+    output: ServiceOutput,
+    /// Distinct addresses of this node's ready endpoints, over all ports (the health check).
+    local_ready: BTreeSet<Ipv4Addr>,
+}
+
+impl ServiceCompiler<'_> {
+    fn warn(&mut self, message: String) {
+        self.output.items.push(Item::Warning(message));
     }
 
     fn service(&mut self, key: &ObjectKey, service: &Service) {
@@ -172,6 +527,11 @@ impl Compiler<'_> {
             external_ips: Vec::new(),
             node_ports: is_node_port,
             source_ranges: Vec::new(),
+            // kube-proxy's ExternalPolicyLocal: the policy counts only for Services reachable
+            // from outside, which for xlb is every frontend it programs.
+            local_only: (is_node_port || has_external_ips)
+                && spec.external_traffic_policy.as_deref() == Some("Local"),
+            affinity_timeout: None,
         };
         if is_load_balancer {
             let ingress = service
@@ -221,6 +581,24 @@ impl Compiler<'_> {
                 ipv6_ignored.join(", ")
             ));
         }
+        if spec.session_affinity.as_deref() == Some("ClientIP") {
+            let configured = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            frontends.affinity_timeout = Some(match configured {
+                None => DEFAULT_AFFINITY_TIMEOUT,
+                Some(t) if (1..=MAX_AFFINITY_TIMEOUT as i32).contains(&t) => t as u32,
+                Some(t) => {
+                    self.warn(format!(
+                        "{key}: sessionAffinityConfig.clientIP.timeoutSeconds {t} is outside \
+                         1..={MAX_AFFINITY_TIMEOUT}; using {DEFAULT_AFFINITY_TIMEOUT}"
+                    ));
+                    DEFAULT_AFFINITY_TIMEOUT
+                }
+            });
+        }
 
         let mut seen_ports = BTreeSet::new();
         for (index, port) in spec.ports.iter().flatten().enumerate() {
@@ -250,11 +628,40 @@ impl Compiler<'_> {
                 ));
                 continue;
             }
-            self.service_port(&port_key, port, &frontends);
+            self.service_port((key.clone(), index), port_key, port, &frontends);
+        }
+
+        // kube-proxy serves a healthCheckNodePort for LoadBalancer Services with the Local
+        // policy (the API allocates one only for those).
+        if is_load_balancer
+            && frontends.local_only
+            && let Some(port) = spec.health_check_node_port.filter(|&p| p != 0)
+        {
+            match valid_port(port) {
+                Some(port) => {
+                    self.output.health_check = Some((
+                        port,
+                        HealthCheckPlan {
+                            namespace: key.namespace.clone(),
+                            name: key.name.clone(),
+                            local_endpoints: self.local_ready.len() as u32,
+                        },
+                    ))
+                }
+                None => self.warn(format!(
+                    "{key}: healthCheckNodePort {port} is out of range; ignored"
+                )),
+            }
         }
     }
 
-    fn service_port(&mut self, key: &ServicePortKey, port: &ServicePort, svc: &ServiceFrontends) {
+    fn service_port(
+        &mut self,
+        order: PortOrder,
+        key: ServicePortKey,
+        port: &ServicePort,
+        svc: &ServiceFrontends,
+    ) {
         let Some(service_port) = valid_port(port.port) else {
             self.warn(format!(
                 "{key}: port {} is out of range; skipped",
@@ -263,7 +670,7 @@ impl Compiler<'_> {
             return;
         };
 
-        // ---- frontends ----
+        // ---- frontends (claims are resolved by the Compiler) ----
         let ranges_apply = !svc.source_ranges.is_empty();
         let mut frontends: Vec<FrontendPlan> = Vec::new();
         for &ip in &svc.lb_ips {
@@ -298,47 +705,36 @@ impl Compiler<'_> {
             )),
         }
         frontends.sort_by_key(|f| (f.kind, f.addr, f.port));
-        let mut kept: Vec<FrontendPlan> = Vec::with_capacity(frontends.len());
-        for frontend in frontends {
-            let shown = show_frontend(&frontend, key.protocol);
-            if let Some(first) = kept
-                .iter()
-                .find(|k| (k.addr, k.port) == (frontend.addr, frontend.port))
-            {
-                // The same address listed twice is harmless; as both kinds, the load-balancer
-                // one (sorted first) wins, so its source ranges stay enforced.
-                if first.kind != frontend.kind {
-                    self.warn(format!(
-                        "{key}: {shown} is both a load-balancer ingress IP and an external IP; \
-                         kept as load-balancer"
-                    ));
-                }
-                continue;
-            }
-            let claim = (frontend.addr, frontend.port, key.protocol);
-            if let Some(owner) = self.claimed.get(&claim) {
-                let owner = owner.clone();
-                self.warn(format!(
-                    "{key}: frontend {shown} is already used by {owner}; ignored here"
-                ));
-                continue;
-            }
-            self.claimed.insert(claim, key.clone());
-            kept.push(frontend);
-        }
-        if kept.is_empty() {
-            return;
-        }
 
         // ---- backends ----
-        let candidates = self.candidates(key, port);
-        let mut backends = self.select_backends(candidates);
-
-        // Hook for per-Service traffic policies (not implemented yet; nothing reads these
-        // fields today): `externalTrafficPolicy: Local` would restrict NodePort/LoadBalancer
-        // frontends to `local` backends here (kube-proxy computes the terminating fallback over
-        // the local endpoints only), and `sessionAffinity: ClientIP` would become a field of
-        // `ServicePlan` set here.
+        let mut backend_warnings = Vec::new();
+        let candidates = self.candidates(&key, port, &mut backend_warnings);
+        for ((addr, _), candidate) in &candidates {
+            if let Some(name) = &candidate.node_name {
+                self.output.nodes.insert(name.clone());
+            }
+            if candidate.condition == Condition::Ready
+                && candidate.node_name.as_deref() == Some(self.node.node_name.as_str())
+            {
+                self.local_ready.insert(*addr);
+            }
+        }
+        if frontends.is_empty() {
+            // Nothing reaches this port; its endpoints still count for the health check.
+            return;
+        }
+        let candidates = if svc.local_only {
+            // kube-proxy computes the Local policy's endpoints, terminating fallback included,
+            // over this node's endpoints only.
+            candidates
+                .into_iter()
+                .filter(|(_, c)| c.node_name.as_deref() == Some(self.node.node_name.as_str()))
+                .collect()
+        } else {
+            candidates
+        };
+        let mut unknown_nodes = BTreeSet::new();
+        let mut backends = self.select_backends(candidates, &mut unknown_nodes);
 
         backends.sort_by_key(|b| (b.addr, b.port));
         let maglev_backends: Vec<MaglevBackend> = backends
@@ -358,27 +754,26 @@ impl Compiler<'_> {
             }
             Err(e) => {
                 // Unreachable with deduplicated backends and a checked size; stay well-formed.
-                self.warn(format!("{key}: {e}; the service port gets an empty table"));
+                backend_warnings.push(format!("{key}: {e}; the service port gets an empty table"));
                 vec![NO_BACKEND; self.table_size as usize]
             }
         };
-        let source_ranges = if kept.iter().any(|f| f.source_ranges_apply) {
-            svc.source_ranges.clone()
-        } else {
-            Vec::new()
-        };
-        self.plan.services.insert(
-            key.clone(),
-            ServicePlan {
-                frontends: kept,
+        self.output.items.push(Item::Port(Box::new(PortOutput {
+            order,
+            key,
+            wants: frontends,
+            plan: ServicePlan {
+                frontends: Vec::new(),
                 backends,
                 table,
                 table_size: self.table_size,
-                source_ranges,
-                local_only: false,
-                affinity_timeout: None,
+                source_ranges: svc.source_ranges.clone(),
+                local_only: svc.local_only,
+                affinity_timeout: svc.affinity_timeout,
             },
-        );
+            backend_warnings,
+            unknown_nodes,
+        })));
     }
 
     /// The endpoints of a service port, deduplicated by address and target port, with their best
@@ -387,6 +782,7 @@ impl Compiler<'_> {
         &mut self,
         key: &ServicePortKey,
         port: &ServicePort,
+        warnings: &mut Vec<String>,
     ) -> BTreeMap<(Ipv4Addr, u16), Candidate> {
         // The target port to use when a slice's matching port entry has no number.
         let fallback_target = match &port.target_port {
@@ -411,7 +807,7 @@ impl Compiler<'_> {
                 Some(n) => match valid_port(n) {
                     Some(p) => p,
                     None => {
-                        self.warn(format!(
+                        warnings.push(format!(
                             "{key}: EndpointSlice {slice_name}: port {n} is out of range; slice ignored"
                         ));
                         continue;
@@ -420,7 +816,7 @@ impl Compiler<'_> {
                 None => match fallback_target {
                     Some(p) => p,
                     None => {
-                        self.warn(format!(
+                        warnings.push(format!(
                             "{key}: EndpointSlice {slice_name} gives no port number for the named targetPort; \
                              slice ignored"
                         ));
@@ -439,7 +835,7 @@ impl Compiler<'_> {
                 let addr = match address.parse::<Ipv4Addr>() {
                     Ok(a) => a,
                     Err(_) => {
-                        self.warn(format!(
+                        warnings.push(format!(
                             "{key}: EndpointSlice {slice_name}: endpoint address {address:?} is not IPv4; ignored"
                         ));
                         continue;
@@ -474,8 +870,9 @@ impl Compiler<'_> {
     /// Weights and states: ready endpoints take new flows; with none ready, serving+terminating
     /// ones do (kube-proxy's fallback); every other terminating endpoint is kept with weight 0.
     fn select_backends(
-        &mut self,
+        &self,
         candidates: BTreeMap<(Ipv4Addr, u16), Candidate>,
+        unknown_nodes: &mut BTreeSet<String>,
     ) -> Vec<BackendPlan> {
         let any_ready = candidates.values().any(|c| c.condition == Condition::Ready);
         candidates
@@ -497,7 +894,7 @@ impl Compiler<'_> {
                             Some(node) => node_addresses(node, &["InternalIP"]).into_iter().next(),
                             None => {
                                 if !local {
-                                    self.unknown_nodes.insert(name.to_owned());
+                                    unknown_nodes.insert(name.to_owned());
                                 }
                                 None
                             }

@@ -31,6 +31,10 @@ pub struct DatapathPlan {
     /// This node's addresses for NodePort matching: the Node's `status.addresses` of type
     /// `InternalIP` / `ExternalIP` (IPv4) plus [`NodeIdentity::extra_local_addrs`].
     pub local_addrs: BTreeSet<Ipv4Addr>,
+    /// `spec.healthCheckNodePort` of every `type: LoadBalancer` Service with
+    /// `externalTrafficPolicy: Local`, and what `xlb run` answers there (HTTP on every local
+    /// address, as kube-proxy does). Not a datapath map: the health-check server serves these.
+    pub health_check_node_ports: BTreeMap<u16, HealthCheckPlan>,
     /// Human-readable notes about input that was ignored or repaired, in a deterministic order.
     /// Not errors: the plan is still complete for everything that was usable.
     pub warnings: Vec<String>,
@@ -126,11 +130,28 @@ pub struct ServicePlan {
     /// Empty means every source is allowed. Enforced only on frontends whose
     /// [`FrontendPlan::source_ranges_apply`] is set.
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
-    /// `externalTrafficPolicy: Local`: `backends` and `table` hold only this node's endpoints.
+    /// `externalTrafficPolicy: Local`: `backends` and `table` hold only this node's endpoints
+    /// (kube-proxy's terminating fallback computed over those), so traffic is never encapsulated
+    /// and the client address reaches the pod. With no local endpoint the table is all
+    /// [`lb_common::maps::NO_BACKEND`]: the datapath drops and counts (`drop_no_backend`) instead
+    /// of passing to the kernel.
     pub local_only: bool,
     /// `sessionAffinity: ClientIP`: for this many seconds after a client's last new flow, its
-    /// next new flows go to the same backend (if that backend still takes new flows).
+    /// next new flows go to the same backend (if that backend still takes new flows), instead
+    /// of `table[hash % M]`. `None` without affinity. Kubernetes' default is 10800 s (3 h).
     pub affinity_timeout: Option<u32>,
+}
+
+/// What the health check at one `healthCheckNodePort` reports (see
+/// [`DatapathPlan::health_check_node_ports`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheckPlan {
+    pub namespace: String,
+    pub name: String,
+    /// This node's distinct ready endpoint addresses over all ports of the Service (kube-proxy
+    /// counts addresses, not address:port pairs, and not terminating endpoints): HTTP 200 when
+    /// non-zero, 503 otherwise.
+    pub local_endpoints: u32,
 }
 
 /// An address and port that reaches a service port.

@@ -258,6 +258,13 @@ impl Reconciler {
         let mut swaps = Vec::new();
         for (key, svc) in &plan.services {
             let sid = service_ids[key];
+            // Backend index → id once per backend, then a plain index per slot (a hash lookup
+            // per slot made every apply cost service ports × M lookups).
+            let ids: Vec<u32> = svc
+                .backends
+                .iter()
+                .map(|b| self.backend_ids[&(be(b.addr), b.port.to_be(), key.protocol.number())])
+                .collect();
             let slots: Vec<u32> = svc
                 .table
                 .iter()
@@ -265,8 +272,7 @@ impl Reconciler {
                     if i == NO_BACKEND {
                         NO_BACKEND
                     } else {
-                        let b = &svc.backends[i as usize];
-                        self.backend_ids[&(be(b.addr), b.port.to_be(), key.protocol.number())]
+                        ids[i as usize]
                     }
                 })
                 .collect();

@@ -11,10 +11,14 @@ use aya::programs::XdpMode;
 
 use crate::{
     cli::{DownArgs, RunArgs, XdpModeArg},
-    compile::compile,
-    conntrack, ifaddrs, loader, manifest, pins,
+    cluster::{Changes, ClusterState},
+    compile::Compiler,
+    conntrack,
+    health::{HealthServer, Readiness},
+    ifaddrs, kube_source, loader, metrics, pins,
     plan::NodeIdentity,
     reconcile::{self, Reconciler},
+    source::{ConfigSource, KubeConfigSource, ManifestSource, Poll},
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -26,9 +30,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// How often drained backends are released and idle flows expired.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-fn log(msg: impl AsRef<str>) {
-    eprintln!("xlb: {}", msg.as_ref());
-}
+/// How soon a state that failed to apply is tried again (Kubernetes source).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     lb_common::maglev::check_table_size(args.maglev_table_size)
@@ -36,10 +39,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.conntrack_size == 0 {
         bail!("--conntrack-size must be at least 1");
     }
-    if !args.manifests.exists() {
+    if let Some(manifests) = &args.manifests
+        && !manifests.exists()
+    {
         bail!(
             "--manifests {}: no such file or directory",
-            args.manifests.display()
+            manifests.display()
         );
     }
     for iface in &args.ifaces {
@@ -51,6 +56,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let pin_dir = pins::resolve(args.pin.pin_dir.as_deref())?;
     pins::require_bpffs(&pin_dir)?;
+    // Bound before anything is attached, so a bad or busy address fails fast.
+    let metrics_listener = args.metrics_addr.map(metrics::bind).transpose()?;
+    let status = metrics::RunStatus::new();
     let mode = match args.xdp_mode {
         XdpModeArg::Auto => XdpMode::Default,
         XdpModeArg::Native => XdpMode::Driver,
@@ -58,10 +66,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     for dir in loader::remove_dead_pin_dirs(&pin_dir) {
-        log(format!(
-            "removed the pins of a datapath whose interfaces are gone: {}",
-            dir.display()
-        ));
+        tracing::info!(
+            pin_dir = %dir.display(),
+            "removed the pins of a datapath whose interfaces are gone"
+        );
     }
     let mut loaded = loader::load(&loader::LoadOptions {
         pin_dir: Some(pin_dir.clone()),
@@ -69,13 +77,52 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     for iface in &args.ifaces {
         match loader::attach(&mut loaded.ebpf, &pin_dir, iface, mode)? {
-            loader::Attachment::Attached => log(format!("attached to {iface}")),
-            loader::Attachment::Adopted => {
-                log(format!("adopted the datapath already attached to {iface}"))
+            loader::Attachment::Attached => {
+                tracing::info!(%iface, pin_dir = %pin_dir.display(), "attached")
             }
+            loader::Attachment::Adopted => tracing::info!(
+                %iface,
+                pin_dir = %pin_dir.display(),
+                "adopted the datapath already attached"
+            ),
         }
     }
     let mut reconciler = Reconciler::adopt(loaded.maps)?;
+    if let Some(listener) = metrics_listener {
+        // Healthy while the loop ticks; generous, a large reload may take a while.
+        let healthy_within = Duration::from_secs(60).max(Duration::from_millis(args.poll_ms) * 10);
+        metrics::serve(listener, pin_dir.clone(), status.clone(), healthy_within)?;
+    }
+
+    // The Kubernetes watchers and the health endpoints run on a small background runtime.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("xlb-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let readiness = Readiness::new();
+    let mut health = HealthServer::new(
+        runtime.handle().clone(),
+        readiness.clone(),
+        std::net::Ipv4Addr::UNSPECIFIED,
+    );
+    if let Some(addr) = args.health_addr {
+        let bound = health.serve_probes(addr)?;
+        tracing::info!(addr = %bound, "serving /readyz, /healthz and /livez");
+    }
+    let mut source: Box<dyn ConfigSource> = match &args.manifests {
+        Some(path) => Box::new(ManifestSource::new(path.clone())),
+        None => Box::new(KubeConfigSource::start(
+            runtime.handle(),
+            &kube_source::KubeOptions {
+                kubeconfig: args.kubeconfig.clone(),
+                ..Default::default()
+            },
+        )?),
+    };
+    tracing::info!(source = %source.describe(), "reading the cluster");
+    let mut compiler = Compiler::new();
 
     // SAFETY: the handler only stores to an atomic.
     unsafe {
@@ -83,92 +130,140 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
 
-    let mut last_fp: Option<manifest::Fingerprint> = None;
-    let mut last_plan = None;
     let mut last_sweep = Instant::now();
     let mut generation = 0u64;
+    // Changes not yet programmed: kept across a failed attempt (even one that failed before
+    // compiling), so that the compiler sees every change once an attempt succeeds.
+    let mut pending = Changes::default();
+    // When the last attempt failed; the Kubernetes source retries after RETRY_AFTER.
+    let mut failed_at: Option<Instant> = None;
     while !STOP.load(Ordering::SeqCst) {
-        let fp = manifest::fingerprint(&args.manifests);
-        let changed = match (&fp, &last_fp) {
-            (Ok(fp), Some(last)) => fp != last,
-            (Ok(_), None) => true,
-            (Err(e), _) => {
-                if last_fp.is_some() {
-                    log(format!(
-                        "cannot read manifests ({e}); keeping the last good state"
-                    ));
-                    last_fp = None;
+        status.heartbeat();
+        let since = match source.poll(Duration::from_millis(args.poll_ms)) {
+            Poll::Unchanged => match failed_at {
+                Some(at) if source.retries_failures() && at.elapsed() >= RETRY_AFTER => {
+                    Some(Instant::now())
                 }
-                false
+                _ => None,
+            },
+            Poll::Failed(error) => {
+                status.program_failed();
+                tracing::error!(
+                    error,
+                    "configuration not applied; keeping the last good state"
+                );
+                None
+            }
+            Poll::Changed {
+                changes,
+                since,
+                warnings,
+            } => {
+                for w in &warnings {
+                    tracing::warn!(source = %source.describe(), "{w}");
+                }
+                pending.merge(changes);
+                Some(since.unwrap_or_else(Instant::now))
             }
         };
-        if changed {
-            last_fp = fp.ok();
-            match program(&args, &mut reconciler, &pin_dir) {
-                Ok((plan, report)) => {
+        if let Some(since) = since {
+            let started = Instant::now();
+            match program(
+                &args,
+                source.state(),
+                &pending,
+                &mut compiler,
+                &mut reconciler,
+                &pin_dir,
+            ) {
+                Ok(report) => {
                     generation += 1;
-                    log(format!(
-                        "programmed generation {generation}: {} service ports, {} \
-                         ({} warnings)",
-                        plan.services.len(),
-                        serde_json::to_string(&report)?,
-                        plan.warnings.len()
-                    ));
+                    failed_at = None;
+                    pending = Changes::default();
+                    let took = started.elapsed();
+                    let plan = compiler.plan();
+                    status.programmed(generation, took, &report, reconciler.snapshot());
+                    tracing::info!(
+                        generation,
+                        service_ports = plan.services.len(),
+                        warnings = plan.warnings.len(),
+                        took_ms = took.as_secs_f64() * 1e3,
+                        services_compiled = compiler.last_compiled(),
+                        since_change_ms = since.elapsed().as_secs_f64() * 1e3,
+                        frontends_written = report.frontends_written,
+                        frontends_removed = report.frontends_removed,
+                        tables_swapped = report.tables_swapped,
+                        backends_written = report.backends_written,
+                        backends_released = report.backends_released,
+                        backends_draining = report.backends_draining,
+                        src_ranges_changed = report.src_ranges_changed,
+                        local_addrs_changed = report.local_addrs_changed,
+                        "programmed"
+                    );
                     for w in &plan.warnings {
-                        log(format!("warning: {w}"));
+                        tracing::warn!(generation, "{w}");
                     }
-                    last_plan = Some(plan);
+                    for message in health.update(&plan.health_check_node_ports) {
+                        tracing::warn!("{message}");
+                    }
+                    if !readiness.is_ready() {
+                        readiness.set_ready();
+                        tracing::info!("ready: the first full configuration is programmed");
+                    }
                 }
-                Err(e) => log(format!("{e:#}; keeping the last good state")),
+                Err(e) => {
+                    failed_at = Some(Instant::now());
+                    status.program_failed();
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "configuration not applied; keeping the last good state"
+                    );
+                }
             }
         }
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();
-            if let Err(e) = sweep(&mut reconciler) {
-                log(format!("sweep failed: {e:#}"));
+            if let Err(e) = sweep(&mut reconciler, &status) {
+                tracing::error!(error = format!("{e:#}"), "sweep failed");
             }
         }
-        std::thread::sleep(Duration::from_millis(args.poll_ms));
     }
-    let _ = last_plan;
-    log(format!(
+    tracing::info!(
         "stopping; the datapath stays attached (remove it with `xlb down --iface {}`)",
         args.ifaces.join(" --iface ")
-    ));
+    );
     Ok(())
 }
 
-/// Load → compile → apply → publish names for the CLI.
+/// Compile what changed → apply → publish names for the CLI.
 fn program(
     args: &RunArgs,
+    state: &ClusterState,
+    changes: &Changes,
+    compiler: &mut Compiler,
     reconciler: &mut Reconciler,
     pin_dir: &Path,
-) -> anyhow::Result<(crate::plan::DatapathPlan, reconcile::ApplyReport)> {
-    let loaded = manifest::load(&args.manifests)?;
-    for w in &loaded.warnings {
-        log(format!("manifest: {w}"));
-    }
+) -> anyhow::Result<reconcile::ApplyReport> {
     let mut extra = Vec::new();
     for iface in &args.ifaces {
         extra.extend(ifaddrs::ipv4_addrs(iface)?);
     }
-    let tunnel =
-        crate::tunnel::tunnel_plan(&loaded.state, &args.node_name, args.tunnel_port, &extra);
+    let tunnel = crate::tunnel::tunnel_plan(state, &args.node_name, args.tunnel_port, &extra);
     let node = NodeIdentity {
         node_name: args.node_name.clone(),
         table_size: args.maglev_table_size,
         extra_local_addrs: extra,
     };
-    let plan = compile(&loaded.state, &node);
-    reconcile::check_capacity(&plan)?;
-    // Tunnel settings first: tables may point at remote backends once applied.
+    let plan = compiler.update(state, &node, changes);
+    reconcile::check_capacity(plan)?;
+    // Tunnel settings first: the tables may point at remote backends once applied.
     reconciler.apply_tunnel(&tunnel)?;
     for w in &tunnel.warnings {
-        log(format!("warning: {w}"));
+        tracing::warn!("{w}");
     }
-    let report = reconciler.apply(&plan)?;
+    let report = reconciler.apply(plan)?;
     write_state(pin_dir, reconciler)?;
-    Ok((plan, report))
+    Ok(report)
 }
 
 fn write_state(pin_dir: &Path, reconciler: &Reconciler) -> anyhow::Result<()> {
@@ -181,15 +276,18 @@ fn write_state(pin_dir: &Path, reconciler: &Reconciler) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sweep(reconciler: &mut Reconciler) -> anyhow::Result<()> {
+fn sweep(reconciler: &mut Reconciler, status: &metrics::RunStatus) -> anyhow::Result<()> {
     let expired = conntrack::expire(&mut reconciler.maps)?;
     let planned = reconciler.planned_backends();
     let (released, draining) = reconciler.release_backends(&planned)?;
+    status.swept(expired, released, draining);
     if expired + released > 0 {
-        log(format!(
-            "sweep: {expired} idle flows expired, {released} drained backends released, \
-             {draining} still draining"
-        ));
+        tracing::info!(
+            expired_flows = expired,
+            released_backends = released,
+            draining_backends = draining,
+            "sweep"
+        );
     }
     Ok(())
 }
@@ -200,7 +298,7 @@ pub fn down(args: &DownArgs) -> anyhow::Result<()> {
     let mut any = false;
     for iface in &args.ifaces {
         if loader::down(&pin_dir, iface)? {
-            log(format!("detached from {iface}"));
+            tracing::info!(%iface, "detached");
             any = true;
         }
     }

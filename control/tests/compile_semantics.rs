@@ -10,8 +10,8 @@ use xlb::cluster::ClusterState;
 use xlb::compile::compile;
 use xlb::manifest;
 use xlb::plan::{
-    BackendPlan, BackendState, DatapathPlan, FrontendKind, FrontendPlan, NodeIdentity, Protocol,
-    ServicePlan, ServicePortKey,
+    BackendPlan, BackendState, DatapathPlan, FrontendKind, FrontendPlan, HealthCheckPlan,
+    NodeIdentity, Protocol, ServicePlan, ServicePortKey,
 };
 
 const M: u32 = 251;
@@ -229,6 +229,7 @@ fn nginx_example_full_plan() {
         )]
         .into(),
         local_addrs: [ip("198.18.0.11"), ip("198.19.0.11"), ip("198.18.0.100")].into(),
+        health_check_node_ports: Default::default(),
         warnings: vec![],
     };
     assert_eq!(plan, expected);
@@ -1133,10 +1134,342 @@ fn docs_example_compiles_as_documented() {
         )]
         .into(),
         local_addrs: [ip("198.18.0.11"), ip("198.19.0.11")].into(),
+        health_check_node_ports: Default::default(),
         warnings: vec![],
     };
     assert_eq!(plan, expected);
     let counts = slot_counts(&plan.services[&tcp("nginx", "http")]);
     assert_eq!(counts[2], 0);
     assert_eq!(counts[0] + counts[1], M as usize);
+}
+
+// ---- externalTrafficPolicy, healthCheckNodePort, sessionAffinity ----
+
+/// A LoadBalancer Service `default/NAME` (VIP 198.19.255.9) with `http` 80 -> 8080 (nodePort
+/// 30090) and `https` 443 -> 8443 (nodePort 30091), and the given extra `spec` lines.
+fn lb_service(name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: 198.19.128.30
+{extra_spec}  ports:
+  - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30090}}
+  - {{name: https, port: 443, protocol: TCP, targetPort: 8443, nodePort: 30091}}
+status:
+  loadBalancer:
+    ingress: [{{ip: 198.19.255.9}}]
+"
+    )
+}
+
+fn lb_frontends() -> Vec<FrontendPlan> {
+    vec![lb("198.19.255.9", 80, false), node_port(30090)]
+}
+
+/// Endpoints on both nodes for `default/web`, ports `http` 8080 and `https` 8443.
+fn mixed_endpoints(endpoints: &[&str]) -> String {
+    let mut s = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, port: 8080, protocol: TCP}
+- {name: https, port: 8443, protocol: TCP}
+endpoints:
+"
+    .to_string();
+    for e in endpoints {
+        s.push_str(&format!("- {e}\n"));
+    }
+    s
+}
+
+#[test]
+fn local_traffic_policy_keeps_only_this_nodes_endpoints() {
+    let plan = plan(&docs(&[
+        lb_service("web", "  externalTrafficPolicy: Local\n"),
+        mixed_endpoints(&[
+            &ep("198.18.10.1", "node-a", "ready: true"),
+            &ep("198.18.20.1", "node-c", "ready: true"),
+            &ep(
+                "198.18.10.2",
+                "node-a",
+                "ready: false, serving: true, terminating: true",
+            ),
+            &ep(
+                "198.18.20.2",
+                "node-c",
+                "ready: false, serving: true, terminating: true",
+            ),
+        ]),
+    ]));
+    let svc = &plan.services[&tcp("web", "http")];
+    let expected = vec![
+        ready("198.18.10.1", 8080, "node-a"),
+        backend("198.18.10.2", 8080, "node-a", 0, BackendState::Terminating),
+    ];
+    assert_eq!(
+        *svc,
+        ServicePlan {
+            local_only: true,
+            ..service_plan(lb_frontends(), expected)
+        }
+    );
+    assert_eq!(slot_counts(svc), [M as usize, 0]);
+    assert!(svc.backends.iter().all(|b| b.local));
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+}
+
+#[test]
+fn local_traffic_policy_falls_back_to_local_terminating_endpoints_only() {
+    // A ready endpoint elsewhere does not stop the fallback: kube-proxy computes it over the
+    // local endpoints.
+    let plan = plan(&docs(&[
+        lb_service("web", "  externalTrafficPolicy: Local\n"),
+        mixed_endpoints(&[
+            &ep("198.18.20.1", "node-c", "ready: true"),
+            &ep(
+                "198.18.10.2",
+                "node-a",
+                "ready: false, serving: true, terminating: true",
+            ),
+            &ep(
+                "198.18.10.3",
+                "node-a",
+                "ready: false, serving: false, terminating: true",
+            ),
+        ]),
+    ]));
+    let svc = &plan.services[&tcp("web", "https")];
+    let expected = vec![
+        backend("198.18.10.2", 8443, "node-a", 1, BackendState::Terminating),
+        backend("198.18.10.3", 8443, "node-a", 0, BackendState::Terminating),
+    ];
+    assert_eq!(
+        *svc,
+        ServicePlan {
+            local_only: true,
+            ..service_plan(
+                vec![lb("198.19.255.9", 443, false), node_port(30091)],
+                expected
+            )
+        }
+    );
+    assert_eq!(slot_counts(svc), [M as usize, 0]);
+}
+
+#[test]
+fn local_traffic_policy_without_a_local_endpoint_drops() {
+    // The frontends stay, with an empty table: the datapath drops (drop_no_backend) rather than
+    // passing the packet to the kernel or sending it to another node.
+    let plan = plan(&docs(&[
+        lb_service("web", "  externalTrafficPolicy: Local\n"),
+        mixed_endpoints(&[&ep("198.18.20.1", "node-c", "ready: true")]),
+    ]));
+    let svc = &plan.services[&tcp("web", "http")];
+    assert_eq!(svc.frontends, lb_frontends());
+    assert!(svc.backends.is_empty());
+    assert!(svc.local_only);
+    assert_eq!(svc.table, vec![NO_BACKEND; M as usize]);
+}
+
+#[test]
+fn cluster_traffic_policy_is_the_default_and_local_needs_an_external_frontend() {
+    for extra in ["", "  externalTrafficPolicy: Cluster\n"] {
+        let plan = plan(&docs(&[
+            lb_service("web", extra),
+            mixed_endpoints(&[
+                &ep("198.18.10.1", "node-a", "ready: true"),
+                &ep("198.18.20.1", "node-c", "ready: true"),
+            ]),
+        ]));
+        let svc = &plan.services[&tcp("web", "http")];
+        assert!(!svc.local_only);
+        assert_eq!(svc.backends.len(), 2, "{extra:?}");
+        assert!(plan.health_check_node_ports.is_empty());
+    }
+    // externalIPs make a ClusterIP Service external: the policy applies to them.
+    let plan = plan(&docs(&[
+        "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 198.19.128.31
+  externalIPs: [198.19.254.1]
+  externalTrafficPolicy: Local
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: 8080}
+"
+        .into(),
+        mixed_endpoints(&[
+            &ep("198.18.10.1", "node-a", "ready: true"),
+            &ep("198.18.20.1", "node-c", "ready: true"),
+        ]),
+    ]));
+    let svc = &plan.services[&tcp("web", "http")];
+    assert_eq!(
+        *svc,
+        ServicePlan {
+            local_only: true,
+            ..service_plan(
+                vec![external("198.19.254.1", 80)],
+                vec![ready("198.18.10.1", 8080, "node-a")]
+            )
+        }
+    );
+}
+
+#[test]
+fn health_check_node_port_counts_local_ready_addresses() {
+    let plan = plan(&docs(&[
+        lb_service(
+            "web",
+            "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n",
+        ),
+        mixed_endpoints(&[
+            // Two ports each, counted once per address.
+            &ep("198.18.10.1", "node-a", "ready: true"),
+            &ep("198.18.10.2", "node-a", ""), // conditions unset: ready
+            // Terminating (even serving) and remote endpoints do not count.
+            &ep(
+                "198.18.10.3",
+                "node-a",
+                "ready: false, serving: true, terminating: true",
+            ),
+            &ep("198.18.10.4", "node-a", "ready: false"),
+            &ep("198.18.20.1", "node-c", "ready: true"),
+        ]),
+    ]));
+    assert_eq!(
+        plan.health_check_node_ports,
+        [(
+            32100,
+            HealthCheckPlan {
+                namespace: "default".into(),
+                name: "web".into(),
+                local_endpoints: 2,
+            }
+        )]
+        .into()
+    );
+}
+
+#[test]
+fn health_check_node_port_without_local_endpoints_reports_zero() {
+    let plan = plan(&docs(&[
+        lb_service(
+            "web",
+            "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n",
+        ),
+        mixed_endpoints(&[
+            &ep("198.18.20.1", "node-c", "ready: true"),
+            &ep(
+                "198.18.10.3",
+                "node-a",
+                "ready: false, serving: true, terminating: true",
+            ),
+        ]),
+    ]));
+    assert_eq!(plan.health_check_node_ports[&32100].local_endpoints, 0);
+    // ... while traffic still goes to the local terminating endpoint (the fallback).
+    let svc = &plan.services[&tcp("web", "http")];
+    assert_eq!(svc.backends.len(), 1);
+    assert_eq!(svc.backends[0].weight, 1);
+}
+
+#[test]
+fn health_check_node_ports_only_for_local_load_balancers() {
+    // A NodePort Service with the Local policy has no health check (the API allocates none;
+    // a hand-written one is ignored), nor has a Cluster-policy LoadBalancer.
+    let node_port_local = node_port_service("np", "8080", 30081).replace(
+        "  type: NodePort\n",
+        "  type: NodePort\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32101\n",
+    );
+    let plan = plan(&docs(&[
+        node_port_local,
+        lb_service("web", "  healthCheckNodePort: 32102\n"),
+    ]));
+    assert!(plan.health_check_node_ports.is_empty());
+    assert!(plan.services[&tcp("np", "http")].local_only);
+}
+
+#[test]
+fn a_health_check_node_port_claimed_twice_goes_to_the_first_service() {
+    let local = "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n";
+    let plan = plan(&docs(&[
+        lb_service("web-b", local)
+            .replace("198.19.255.9", "198.19.255.8")
+            .replace("30090", "30190")
+            .replace("30091", "30191"),
+        lb_service("web-a", local),
+    ]));
+    assert_eq!(plan.health_check_node_ports[&32100].name, "web-a");
+    assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+    assert!(
+        plan.warnings[0]
+            .contains("default/web-b: healthCheckNodePort 32100 is already used by default/web-a"),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn session_affinity_client_ip_carries_its_timeout() {
+    let cases = [
+        ("", None, false),
+        ("  sessionAffinity: None\n", None, false),
+        ("  sessionAffinity: ClientIP\n", Some(10_800), false),
+        (
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+            Some(60),
+            false,
+        ),
+        (
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 86400}}\n",
+            Some(86_400),
+            false,
+        ),
+        (
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}\n",
+            Some(10_800),
+            true,
+        ),
+    ];
+    for (extra, want, warned) in cases {
+        let plan = plan(&docs(&[
+            lb_service("web", extra),
+            mixed_endpoints(&[&ep("198.18.10.1", "node-a", "ready: true")]),
+        ]));
+        for port in ["http", "https"] {
+            assert_eq!(
+                plan.services[&tcp("web", port)].affinity_timeout,
+                want,
+                "{extra:?}"
+            );
+        }
+        assert_eq!(!plan.warnings.is_empty(), warned, "{:?}", plan.warnings);
+        if warned {
+            assert!(plan.warnings[0].contains("timeoutSeconds 0 is outside 1..=86400"));
+        }
+    }
+}
+
+#[test]
+fn allocate_load_balancer_node_ports_false_without_a_node_port() {
+    // The API allocates no nodePort then: only the load-balancer frontend.
+    let plan = plan(
+        &lb_service("web", "  allocateLoadBalancerNodePorts: false\n")
+            .replace(", nodePort: 30090", "")
+            .replace(", nodePort: 30091", ""),
+    );
+    assert_eq!(
+        plan.services[&tcp("web", "http")].frontends,
+        vec![lb("198.19.255.9", 80, false)]
+    );
 }

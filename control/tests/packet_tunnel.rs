@@ -78,6 +78,12 @@ impl FibNetns {
         let name = format!("xlbpt-{}-{tag}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name]);
+        // The guard exists before anything else can fail, so a failed setup still removes it.
+        let mut ns = FibNetns {
+            name: name.clone(),
+            ifindex: 0,
+            mac: [2, 0, 0, 0, 0, 2],
+        };
         // A veth pair inside the namespace (this kernel has no dummy driver); only its
         // addresses, routes and neighbours matter: nothing is transmitted.
         ip(&[
@@ -131,11 +137,8 @@ impl FibNetns {
             .trim()
             .parse()
             .unwrap();
-        FibNetns {
-            name,
-            ifindex: idx,
-            mac: [2, 0, 0, 0, 0, 2],
-        }
+        ns.ifindex = idx;
+        ns
     }
 
     /// Moves the calling thread (each test runs on its own thread) into the namespace, where

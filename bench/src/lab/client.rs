@@ -35,8 +35,15 @@ impl TcpConn {
     pub fn exchange(&mut self, line: &str) -> Result<String> {
         let stream = self.reader.get_mut();
         stream.write_all(format!("{line}\n").as_bytes())?;
-        let reply =
-            read_line(&mut self.reader).with_context(|| format!("reading the echo of {line:?}"))?;
+        let reply = read_line(&mut self.reader).with_context(|| {
+            let shown: String = line.chars().take(60).collect();
+            let more = line.chars().count().saturating_sub(60);
+            if more > 0 {
+                format!("reading the echo of {shown:?}... ({more} more characters)")
+            } else {
+                format!("reading the echo of {shown:?}")
+            }
+        })?;
         let (pod, rest) = reply
             .split_once(' ')
             .ok_or_else(|| anyhow!("malformed echo {reply:?}"))?;
@@ -359,4 +366,53 @@ pub fn udp_request(
         from,
         local,
     })
+}
+
+/// The path MTU the kernel holds for a connected socket (`getsockopt(IP_MTU)`): lowered by an
+/// ICMP "fragmentation needed" for its destination.
+pub fn path_mtu(fd: &impl std::os::fd::AsRawFd) -> Result<u32> {
+    let mut mtu: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd, int out-parameter of the given size.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            &mut mtu as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    })
+    .context("getsockopt(IP_MTU)")?;
+    Ok(mtu as u32)
+}
+
+/// A UDP socket in `host`'s namespace, bound to `src_port` (0: any) and connected to `dst`,
+/// that sets DF on everything it sends and never fragments (`IP_PMTUDISC_DO`): a datagram too
+/// big for the path is refused (`EMSGSIZE`) once the path MTU is known. Reads time out after
+/// `timeout`.
+pub fn udp_connected_df(
+    host: &Host,
+    dst: SocketAddrV4,
+    src_port: u16,
+    timeout: Duration,
+) -> Result<UdpSocket> {
+    let fd = socket_in(host, libc::SOCK_DGRAM, src_port)?;
+    let val: libc::c_int = libc::IP_PMTUDISC_DO;
+    // SAFETY: valid fd, pointer to an int of the given size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &val as *const _ as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .context("setsockopt(IP_MTU_DISCOVER)")?;
+    let sock = UdpSocket::from(fd);
+    sock.connect(dst)
+        .with_context(|| format!("connecting UDP to {dst}"))?;
+    sock.set_read_timeout(Some(clamp(timeout)))?;
+    Ok(sock)
 }

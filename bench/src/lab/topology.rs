@@ -141,6 +141,10 @@ pub struct LabSpec {
     /// Enable IPv6 in the namespaces (off by default: no router solicitations, MLD or DAD
     /// noise in the datapath's counters).
     pub ipv6: bool,
+    /// Route every node's pod subnet via that node on the clients and the other nodes (a flat
+    /// pod network). Off in the direct-server-return lab ([`LabSpec::dsr`]): there a client
+    /// reaches pods only through xlb, and an edge node only through its tunnel.
+    pub pod_routes: bool,
 }
 
 impl LabSpec {
@@ -170,7 +174,87 @@ impl LabSpec {
             }],
             vips: vec![DEFAULT_VIP],
             ipv6: false,
+            pod_routes: true,
         }
+    }
+
+    /// The direct-server-return lab of issue 3, all hosts on one fabric bridge
+    /// (198.18.0.0/24, in its own `fabric` namespace):
+    ///
+    /// | host | fabric address | pod subnet | pods |
+    /// | --- | --- | --- | --- |
+    /// | `client` | 198.18.0.10 | | |
+    /// | `edge-a` (edge) | 198.18.0.2 | 198.18.1.0/24 | |
+    /// | `edge-b` (edge) | 198.18.0.3 | 198.18.2.0/24 | |
+    /// | `node-c` | 198.18.0.4 | 198.18.3.0/24 | `c1` .11, `c2` .12 |
+    /// | `node-d` | 198.18.0.5 | 198.18.4.0/24 | `d1` .11 |
+    ///
+    /// The client routes the VIP 198.19.255.1 over edge-a and edge-b (one ECMP route, L4
+    /// multipath hash: `fib_multipath_hash_policy=1`). Nobody routes the pod subnets
+    /// ([`LabSpec::pod_routes`] off): the client reaches pods only through xlb (the VIP or a
+    /// NodePort on a node address), the edges reach them only through their tunnel, and the
+    /// pods' replies go from their node straight to the client on the fabric. Every node
+    /// forwards (`ip_forward=1`).
+    pub fn dsr() -> LabSpec {
+        let node = |name: &str, last: u8, edge: bool, subnet: u8, pods: &[&str]| NodeSpec {
+            name: name.into(),
+            addr: Ipv4Addr::new(198, 18, 0, last),
+            edge,
+            pod_gateway: Ipv4Addr::new(198, 18, subnet, 1),
+            pod_subnet: Cidr::new(Ipv4Addr::new(198, 18, subnet, 0), 24),
+            pods: pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PodSpec {
+                    name: (*p).into(),
+                    addr: Ipv4Addr::new(198, 18, subnet, 11 + i as u8),
+                })
+                .collect(),
+        };
+        LabSpec {
+            fabric: Fabric::Bridge,
+            subnet: Cidr::new(Ipv4Addr::new(198, 18, 0, 0), 24),
+            clients: vec![ClientSpec {
+                name: "client".into(),
+                addr: Ipv4Addr::new(198, 18, 0, 10),
+            }],
+            nodes: vec![
+                node("edge-a", 2, true, 1, &[]),
+                node("edge-b", 3, true, 2, &[]),
+                node("node-c", 4, false, 3, &["c1", "c2"]),
+                node("node-d", 5, false, 4, &["d1"]),
+            ],
+            vips: vec![DEFAULT_VIP],
+            ipv6: false,
+            pod_routes: false,
+        }
+    }
+
+    /// Adds pod `pod` to node `node`, at the first free address from `.11` of its pod subnet
+    /// (e.g. a spare pod a test scales the Service onto).
+    pub fn with_pod(mut self, node: &str, pod: &str) -> Result<LabSpec> {
+        let Some(n) = self.nodes.iter_mut().find(|n| n.name == node) else {
+            bail!("no node {node} to add pod {pod} to");
+        };
+        let base = u32::from(n.pod_subnet.network().addr);
+        let taken: BTreeSet<Ipv4Addr> = n.pods.iter().map(|p| p.addr).collect();
+        let Some(addr) = (11..250u32)
+            .map(|i| Ipv4Addr::from(base + i))
+            .find(|a| n.pod_subnet.contains(*a) && !taken.contains(a) && *a != n.pod_gateway)
+        else {
+            bail!("node {node}: no free pod address in {}", n.pod_subnet);
+        };
+        n.pods.push(PodSpec {
+            name: pod.into(),
+            addr,
+        });
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The edge nodes (those the clients route the VIPs via), in spec order.
+    pub fn edges(&self) -> impl Iterator<Item = &NodeSpec> {
+        self.nodes.iter().filter(|n| n.edge)
     }
 
     /// The node named `name`.
@@ -267,6 +351,7 @@ impl LabSpec {
             addrs: vec![on_subnet(addr)],
             tx_checksum_off: client,
             gro: client,
+            xdp_pass: false,
             master: None,
         };
         match self.fabric {
@@ -293,6 +378,7 @@ impl LabSpec {
                             tx_checksum_off: false,
                             // Lets XDP_TX/redirect from a node's uplink land in the bridge port.
                             gro: true,
+                            xdp_pass: true,
                             master: Some(BRIDGE.into()),
                         },
                     });
@@ -311,6 +397,7 @@ impl LabSpec {
                         addrs: vec![Cidr::host(p.addr)],
                         tx_checksum_off: true,
                         gro: true,
+                        xdp_pass: false,
                         master: None,
                     },
                     b: EndPlan {
@@ -319,6 +406,7 @@ impl LabSpec {
                         addrs: vec![Cidr::host(n.pod_gateway)],
                         tx_checksum_off: false,
                         gro: false,
+                        xdp_pass: false,
                         master: None,
                     },
                 });
@@ -343,12 +431,14 @@ impl LabSpec {
             }
         }
 
-        // Pod subnets via their nodes, for every client and every other node.
+        // Pod subnets via their nodes, for every client and every other node (a flat pod
+        // network), unless the spec wants pods reachable only through xlb.
         let routers = self
             .clients
             .iter()
             .map(|c| &c.name)
-            .chain(self.nodes.iter().map(|n| &n.name));
+            .chain(self.nodes.iter().map(|n| &n.name))
+            .filter(|_| self.pod_routes);
         for host in routers {
             for n in self.nodes.iter().filter(|n| &n.name != host) {
                 plan.routes.push(RoutePlan {
@@ -503,6 +593,9 @@ pub struct EndPlan {
     /// `ethtool -K gro on`: enables the veth's NAPI, which XDP_TX / XDP_REDIRECT into this
     /// end's peer require.
     pub gro: bool,
+    /// Attach a pass-through XDP program ([`super::xdp_pass`]): the kernel delivers `XDP_TX`
+    /// frames from the peer at once only to a veth end with an XDP program of its own.
+    pub xdp_pass: bool,
     /// Bridge to enslave this end to.
     pub master: Option<String>,
 }
@@ -698,6 +791,7 @@ mod tests {
             ],
             vips: vec![DEFAULT_VIP],
             ipv6: false,
+            pod_routes: true,
         }
     }
 
@@ -735,6 +829,101 @@ mod tests {
                 .iter()
                 .any(|r| r.host == "node-c" && r.dst.to_string() == "198.18.3.0/24")
         );
+    }
+
+    #[test]
+    fn dsr_plan() {
+        let spec = LabSpec::dsr();
+        let plan = spec.plan().unwrap();
+        let names: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "fabric", "client", "edge-a", "edge-b", "node-c", "c1", "c2", "node-d", "d1"
+            ]
+        );
+        let edges: Vec<&str> = spec.edges().map(|n| n.name.as_str()).collect();
+        assert_eq!(edges, ["edge-a", "edge-b"]);
+        // Client and nodes on the bridge, GRO on the bridge side (XDP_TX lands there).
+        let ports: Vec<_> = plan.links.iter().filter(|l| l.b.master.is_some()).collect();
+        assert_eq!(ports.len(), 5);
+        assert!(
+            ports
+                .iter()
+                .all(|l| l.b.gro && l.b.xdp_pass && l.b.host == "fabric")
+        );
+        assert!(
+            plan.links
+                .iter()
+                .flat_map(|l| [&l.a, &l.b])
+                .filter(|e| e.xdp_pass)
+                .all(|e| e.host == "fabric"),
+            "only bridge ports get the pass program"
+        );
+        assert_eq!(ports[1].a.host, "edge-a");
+        assert_eq!(ports[1].a.addrs, ["198.18.0.2/24".parse::<Cidr>().unwrap()]);
+        assert_eq!(
+            spec.pod_by_addr(Ipv4Addr::new(198, 18, 3, 12))
+                .unwrap()
+                .name,
+            "c2"
+        );
+        assert_eq!(
+            spec.pod_by_addr(Ipv4Addr::new(198, 18, 4, 11))
+                .unwrap()
+                .name,
+            "d1"
+        );
+        // The VIP over both edges; nothing else routed beyond the fabric, except pods' own.
+        let client_routes: Vec<String> = plan
+            .routes
+            .iter()
+            .filter(|r| r.host == "client")
+            .map(|r| r.ip_args().join(" "))
+            .collect();
+        assert_eq!(
+            client_routes,
+            [
+                "route add 198.19.255.1/32 nexthop via 198.18.0.2 dev eth0 nexthop via 198.18.0.3 dev eth0"
+            ]
+        );
+        for n in ["edge-a", "edge-b", "node-c", "node-d"] {
+            assert!(
+                plan.routes
+                    .iter()
+                    .filter(|r| r.host == n)
+                    .all(|r| r.dst.prefix == 32 && r.via.is_empty()),
+                "{n} routes more than its own pods"
+            );
+        }
+        let client = plan.hosts.iter().find(|h| h.name == "client").unwrap();
+        assert!(
+            client
+                .sysctls
+                .contains(&("net.ipv4.fib_multipath_hash_policy".into(), "1".into()))
+        );
+        for n in ["edge-a", "edge-b", "node-c", "node-d"] {
+            let h = plan.hosts.iter().find(|h| h.name == n).unwrap();
+            assert!(
+                h.sysctls
+                    .contains(&("net.ipv4.ip_forward".into(), "1".into()))
+            );
+        }
+    }
+
+    #[test]
+    fn with_pod_takes_the_next_free_address() {
+        let spec = LabSpec::dsr().with_pod("node-d", "d2").unwrap();
+        let d = spec.node("node-d").unwrap();
+        assert_eq!(d.pods.len(), 2);
+        assert_eq!(d.pods[1].name, "d2");
+        assert_eq!(d.pods[1].addr, Ipv4Addr::new(198, 18, 4, 12));
+        assert!(LabSpec::dsr().with_pod("node-x", "x1").is_err());
+        assert!(
+            LabSpec::dsr().with_pod("node-d", "c1").is_err(),
+            "duplicate name"
+        );
+        assert_eq!(spec.plan().unwrap().hosts.len(), 10);
     }
 
     #[test]

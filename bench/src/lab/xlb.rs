@@ -1,6 +1,6 @@
 //! Running the real `xlb` binary inside a lab node, and reading what its CLI reports.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt as _;
@@ -331,6 +331,16 @@ impl<'lab> XlbProcess<'lab> {
         Ok(all.into_iter().find(|s| s.name == name).expect("checked"))
     }
 
+    /// Sends SIGTERM without waiting (see [`Self::stop`]); lets several processes stop at once.
+    pub fn signal_stop(&mut self) {
+        if self.try_exit().is_none()
+            && let Some(c) = self.child.as_ref()
+        {
+            // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
     /// Stops the process (SIGTERM, up to 10 s, then SIGKILL) and returns how it ended. The
     /// datapath stays attached until [`Self::down`] (or drop).
     pub fn stop(&mut self) -> Result<ExitStatus> {
@@ -400,6 +410,184 @@ impl Drop for XlbProcess<'_> {
         {
             super::netns::log(&format!("lab: {e:#}"));
         }
+    }
+}
+
+/// `xlb run` on several nodes of one lab, all with the same manifests (every node runs the same
+/// programs: edge nodes encapsulate to the backend's node, backend nodes decapsulate and
+/// rewrite the replies). Dropping it stops every process (all at once) and runs `xlb down` on
+/// every node.
+pub struct XlbCluster<'lab> {
+    procs: Vec<XlbProcess<'lab>>,
+}
+
+impl<'lab> XlbCluster<'lab> {
+    /// Starts `xlb run --iface eth0 --node-name NODE --manifests DIR EXTRA...` on every node of
+    /// the lab.
+    pub fn start(
+        lab: &'lab Lab,
+        manifests: &Path,
+        extra_args: &[String],
+    ) -> Result<XlbCluster<'lab>> {
+        let opts: Vec<XlbOptions> = lab
+            .spec()
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut o = XlbOptions::new(&n.name, manifests);
+                o.extra_args = extra_args.to_vec();
+                o
+            })
+            .collect();
+        XlbCluster::start_with(lab, &opts)
+    }
+
+    /// Starts one `xlb run` per entry of `opts`. If one fails to start, those already started
+    /// are stopped and taken down again.
+    pub fn start_with(lab: &'lab Lab, opts: &[XlbOptions]) -> Result<XlbCluster<'lab>> {
+        let mut cluster = XlbCluster { procs: Vec::new() };
+        for o in opts {
+            cluster.procs.push(XlbProcess::start(lab, o)?);
+        }
+        Ok(cluster)
+    }
+
+    /// Every process, in start order.
+    pub fn nodes(&self) -> &[XlbProcess<'lab>] {
+        &self.procs
+    }
+
+    /// The process on node `name`; panics if there is none (a bug in the caller).
+    pub fn node(&self, name: &str) -> &XlbProcess<'lab> {
+        self.procs
+            .iter()
+            .find(|p| p.host().name() == name)
+            .unwrap_or_else(|| panic!("no xlb process on {name}"))
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut XlbProcess<'lab> {
+        self.procs
+            .iter_mut()
+            .find(|p| p.host().name() == name)
+            .unwrap_or_else(|| panic!("no xlb process on {name}"))
+    }
+
+    /// Waits until every node shows Service `name` with at least `frontends` and exactly the
+    /// ready `backends` (one deadline for all), then checks that all nodes agree on the
+    /// Maglev table: the same size and the same ready backends with the same weights and slot
+    /// counts. Returns each node's view, by node name.
+    pub fn wait_for_service(
+        &mut self,
+        name: &str,
+        frontends: &[(Option<Ipv4Addr>, u16)],
+        backends: &[Ipv4Addr],
+        timeout: Duration,
+    ) -> Result<Vec<(String, ServiceStatus)>> {
+        let deadline = Instant::now() + timeout;
+        let mut views = Vec::new();
+        for p in &mut self.procs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let st = p
+                .wait_for_service(
+                    name,
+                    frontends,
+                    backends,
+                    left.max(Duration::from_millis(1)),
+                )
+                .with_context(|| format!("on {}", p.host().name()))?;
+            views.push((p.host().name().to_string(), st));
+        }
+        let table = |s: &ServiceStatus| {
+            let mut ready: Vec<(Ipv4Addr, u16, u32, u32)> = s
+                .backends
+                .iter()
+                .filter(|b| b.is_ready())
+                .map(|b| (b.addr, b.port, b.weight, b.slots))
+                .collect();
+            ready.sort();
+            (s.table_size, ready)
+        };
+        if let Some((first, st)) = views.first() {
+            let want = table(st);
+            for (node, st) in &views[1..] {
+                let got = table(st);
+                if got != want {
+                    bail!(
+                        "nodes disagree on the Maglev table of {name}: {first} has (M, [(backend, port, weight, slots)]) {want:?}, {node} has {got:?}"
+                    );
+                }
+            }
+        }
+        Ok(views)
+    }
+
+    /// The global counter `counter` on every node, by node name.
+    pub fn counters(&self, counter: &str) -> Result<BTreeMap<String, u64>> {
+        self.procs
+            .iter()
+            .map(|p| Ok((p.host().name().to_string(), p.counter(counter)?)))
+            .collect()
+    }
+
+    /// Every node's non-zero global counters, one line per node (for failure messages).
+    pub fn counters_summary(&self) -> String {
+        self.procs
+            .iter()
+            .map(|p| {
+                let counters = match p.stats() {
+                    Ok(s) => s
+                        .get("counters")
+                        .and_then(|c| c.as_object())
+                        .map(|m| {
+                            m.iter()
+                                .filter(|(_, v)| v.as_u64().is_some_and(|n| n > 0))
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default(),
+                    Err(e) => format!("({e:#})"),
+                };
+                format!("{}: {counters}\n", p.host().name())
+            })
+            .collect()
+    }
+
+    /// The last `max` bytes of every node's log, each under a heading.
+    pub fn log_tails(&self, max: usize) -> String {
+        self.procs
+            .iter()
+            .map(|p| {
+                format!(
+                    "--- xlb log of {} ({}) ---\n{}\n",
+                    p.host().name(),
+                    p.log_path().display(),
+                    p.log_tail(max)
+                )
+            })
+            .collect()
+    }
+
+    /// Stops every process: SIGTERM to all first, then waits for each. The datapaths stay
+    /// attached until drop (`xlb down`). Returns each node's exit status, by node name.
+    pub fn stop(&mut self) -> Vec<(String, Result<ExitStatus>)> {
+        for p in &mut self.procs {
+            p.signal_stop();
+        }
+        self.procs
+            .iter_mut()
+            .map(|p| (p.host().name().to_string(), p.stop()))
+            .collect()
+    }
+}
+
+impl Drop for XlbCluster<'_> {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            p.signal_stop();
+        }
+        // Each XlbProcess waits for its process and runs `xlb down` when dropped.
+        self.procs.clear();
     }
 }
 

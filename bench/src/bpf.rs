@@ -1,0 +1,386 @@
+//! The benchmark's own kernel programs (`xdp/src/bin/{gen,sink,fwd}.rs`): where their objects
+//! are, their map layouts, and loading and attaching them inside lab namespaces.
+//!
+//! `control/build.rs` builds every binary of the `xlb-xdp` crate into its `OUT_DIR`
+//! (`<target>/<profile>/build/xlb-<hash>/out/`). `xlb-bench` does not link `xlb`, so it finds
+//! the objects at run time: `$XLB_BPF_DIR` if set, else the newest such `out/` directory next to
+//! the `xlb` binary in use (`$XLB_BIN`) or next to `xlb-bench` itself. Build `xlb` first
+//! (`cargo build --release -p xlb`, as `scripts/demo.sh` and `scripts/test.sh` do).
+//!
+//! Attachments are `bpf_link`s owned by the loaded object: dropping a [`Sink`] or [`Forwarder`]
+//! detaches it, and so does the end of the process or the deletion of the lab namespace.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::Ebpf;
+use aya::maps::{Array, MapData, PerCpuArray};
+use aya::programs::{Xdp, XdpMode};
+
+use crate::lab::Host;
+
+pub const OBJ_GEN: &str = "xlb-gen";
+pub const OBJ_SINK: &str = "xlb-sink";
+pub const OBJ_FWD: &str = "xlb-fwd";
+
+/// The generator's source prefix, 198.18.128.0/17 (the sink counts only these).
+pub const GEN_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 0);
+pub const GEN_PREFIX: u8 = 17;
+
+/// `XLB_SINK_STATS` indices (see `xdp/src/bin/sink.rs`).
+pub const SINK_PACKETS: u32 = 0;
+pub const SINK_BYTES: u32 = 1;
+pub const SINK_TO_POD: u32 = 2;
+pub const SINK_TO_OTHER: u32 = 3;
+pub const SINK_TCP_SYN: u32 = 4;
+pub const SINK_UDP: u32 = 5;
+pub const SINK_PASSED: u32 = 6;
+
+/// Mirror of `GenConfig` in `xdp/src/bin/gen.rs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenConfig {
+    pub random: u32,
+    pub flows: u32,
+    pub services: u32,
+    pub src_base: u32,
+    pub src_count: u32,
+    pub sport_base: u32,
+    pub sport_count: u32,
+    pub vip_base: u32,
+    pub t_saddr: u32,
+    pub t_daddr: u32,
+    pub t_sport: u16,
+    pub t_ip_csum: u16,
+    pub t_l4_csum: u16,
+    pub l4_csum_off: u16,
+    pub l4_csum_zero: u32,
+    pub hdr_tail: u32,
+}
+// SAFETY: repr(C), plain integers, no implicit padding (asserted below).
+unsafe impl aya::Pod for GenConfig {}
+const _: () = assert!(std::mem::size_of::<GenConfig>() == 56);
+
+/// Words of the template header the generator writes back into every frame (bytes 0..56;
+/// bytes 56..60 are `GenConfig::hdr_tail`).
+pub const GEN_HDR_WORDS: usize = 7;
+
+/// Mirror of `SinkConfig` in `xdp/src/bin/sink.rs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkConfig {
+    pub pod_addr: u32,
+    pub pod_port: u16,
+    pub _pad: u16,
+}
+// SAFETY: as above.
+unsafe impl aya::Pod for SinkConfig {}
+const _: () = assert!(std::mem::size_of::<SinkConfig>() == 8);
+
+/// Mirror of `FwdPort` in `xdp/src/bin/fwd.rs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FwdPort {
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+// SAFETY: as above.
+unsafe impl aya::Pod for FwdPort {}
+const _: () = assert!(std::mem::size_of::<FwdPort>() == 16);
+
+/// A raw packet word (what an XDP program reads with an unaligned `u32` load) for an address.
+pub fn raw_addr(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// A raw packet word for a port (or any 16-bit big-endian field).
+pub fn raw_port(p: u16) -> u16 {
+    u16::from_ne_bytes(p.to_be_bytes())
+}
+
+/// The directory holding the benchmark objects (see the module docs).
+pub fn object_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("XLB_BPF_DIR") {
+        let d = PathBuf::from(d);
+        if usable(&d) {
+            return Ok(d);
+        }
+        bail!(
+            "XLB_BPF_DIR={} holds no non-empty {OBJ_SINK} object",
+            d.display()
+        );
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(bin) = std::env::var_os("XLB_BIN")
+        && let Some(dir) = Path::new(&bin).parent()
+    {
+        roots.push(dir.to_path_buf());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/xlb-bench, or target/<profile>/deps/<test> for integration tests.
+        for dir in exe.ancestors().skip(1).take(2) {
+            roots.push(dir.to_path_buf());
+        }
+    }
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for root in &roots {
+        let Ok(rd) = std::fs::read_dir(root.join("build")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let out = e.path().join("out");
+            if !name.starts_with("xlb-") || !usable(&out) {
+                continue;
+            }
+            let t = std::fs::metadata(out.join(OBJ_SINK))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                best = Some((t, out));
+            }
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(|| {
+        anyhow!(
+            "the benchmark's kernel objects were not found under {:?}: build xlb first \
+             (`cargo build --release -p xlb`) or set XLB_BPF_DIR",
+            roots.iter().map(|r| r.join("build")).collect::<Vec<_>>()
+        )
+    })
+}
+
+fn usable(dir: &Path) -> bool {
+    [OBJ_GEN, OBJ_SINK, OBJ_FWD].iter().all(|o| {
+        std::fs::metadata(dir.join(o))
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+    })
+}
+
+/// Loads object `name` from [`object_dir`].
+pub fn load_object(name: &str) -> Result<Ebpf> {
+    let path = object_dir()?.join(name);
+    Ebpf::load_file(&path).with_context(|| format!("loading {}", path.display()))
+}
+
+/// Loads program `prog` of `ebpf` (an XDP program).
+pub fn xdp_prog<'a>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut Xdp> {
+    let p: &mut Xdp = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("object has no program {prog}"))?
+        .try_into()?;
+    Ok(p)
+}
+
+/// Sums a per-CPU `u64` counter.
+pub fn percpu_sum(ebpf: &Ebpf, map: &str, index: u32) -> Result<u64> {
+    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+        ebpf.map(map)
+            .with_context(|| format!("object has no map {map}"))?,
+    )?;
+    Ok(m.get(&index, 0)?.iter().sum())
+}
+
+/// Attaches `prog` to `iface` inside `host`'s namespace (native XDP; veth supports it).
+fn attach_in(host: &Host, prog: &mut Xdp, iface: &str) -> Result<()> {
+    let iface = iface.to_string();
+    host.netns()
+        .run(move || {
+            prog.attach(&iface, XdpMode::Driver)
+                .with_context(|| format!("attaching XDP to {iface}"))?;
+            Ok(())
+        })
+        .with_context(|| format!("in {}", host.name()))
+}
+
+/// The count-and-drop sink on one pod's interface.
+pub struct Sink {
+    pub pod: String,
+    ebpf: Ebpf,
+}
+
+/// Counters of one or more sinks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SinkCounts {
+    pub packets: u64,
+    pub bytes: u64,
+    pub to_pod: u64,
+    pub to_other: u64,
+    pub tcp_syn: u64,
+    pub udp: u64,
+    pub passed: u64,
+}
+
+impl SinkCounts {
+    pub fn since(&self, before: &SinkCounts) -> SinkCounts {
+        SinkCounts {
+            packets: self.packets - before.packets,
+            bytes: self.bytes - before.bytes,
+            to_pod: self.to_pod - before.to_pod,
+            to_other: self.to_other - before.to_other,
+            tcp_syn: self.tcp_syn - before.tcp_syn,
+            udp: self.udp - before.udp,
+            passed: self.passed - before.passed,
+        }
+    }
+
+    pub fn add(&mut self, o: &SinkCounts) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.to_pod += o.to_pod;
+        self.to_other += o.to_other;
+        self.tcp_syn += o.tcp_syn;
+        self.udp += o.udp;
+        self.passed += o.passed;
+    }
+}
+
+impl Sink {
+    /// Loads a sink and attaches it to `iface` of `host`; packets count as `to_pod` when
+    /// addressed to `pod_addr:pod_port`.
+    pub fn attach(host: &Host, iface: &str, pod_addr: Ipv4Addr, pod_port: u16) -> Result<Sink> {
+        let mut ebpf = load_object(OBJ_SINK)?;
+        {
+            let mut cfg: Array<&mut MapData, SinkConfig> =
+                Array::try_from(ebpf.map_mut("XLB_SINK_CONFIG").context("XLB_SINK_CONFIG")?)?;
+            cfg.set(
+                0,
+                SinkConfig {
+                    pod_addr: raw_addr(pod_addr),
+                    pod_port: raw_port(pod_port),
+                    _pad: 0,
+                },
+                0,
+            )?;
+        }
+        let prog = xdp_prog(&mut ebpf, "xlb_sink")?;
+        prog.load().context("loading xlb_sink")?;
+        attach_in(host, prog, iface)?;
+        Ok(Sink {
+            pod: host.name().to_string(),
+            ebpf,
+        })
+    }
+
+    pub fn counts(&self) -> Result<SinkCounts> {
+        let g = |i| percpu_sum(&self.ebpf, "XLB_SINK_STATS", i);
+        Ok(SinkCounts {
+            packets: g(SINK_PACKETS)?,
+            bytes: g(SINK_BYTES)?,
+            to_pod: g(SINK_TO_POD)?,
+            to_other: g(SINK_TO_OTHER)?,
+            tcp_syn: g(SINK_TCP_SYN)?,
+            udp: g(SINK_UDP)?,
+            passed: g(SINK_PASSED)?,
+        })
+    }
+}
+
+/// Sinks on every pod of a lab.
+pub struct Sinks {
+    pub sinks: Vec<Sink>,
+}
+
+impl Sinks {
+    pub fn total(&self) -> Result<SinkCounts> {
+        let mut t = SinkCounts::default();
+        for s in &self.sinks {
+            t.add(&s.counts()?);
+        }
+        Ok(t)
+    }
+
+    pub fn per_pod(&self) -> Result<Vec<(String, SinkCounts)>> {
+        self.sinks
+            .iter()
+            .map(|s| Ok((s.pod.clone(), s.counts()?)))
+            .collect()
+    }
+}
+
+/// The bare XDP forwarder (the ceiling) on a node's uplink.
+pub struct Forwarder {
+    ebpf: Ebpf,
+}
+
+impl Forwarder {
+    /// Attaches to `iface` of `node`, forwarding to `ports` (node-side veth ifindex, pod MAC,
+    /// node-side veth MAC).
+    pub fn attach(node: &Host, iface: &str, ports: &[FwdPort]) -> Result<Forwarder> {
+        if ports.is_empty() || ports.len() > 64 {
+            bail!("the forwarder takes 1 to 64 ports, not {}", ports.len());
+        }
+        let mut ebpf = load_object(OBJ_FWD)?;
+        {
+            let mut p: Array<&mut MapData, FwdPort> =
+                Array::try_from(ebpf.map_mut("XLB_FWD_PORTS").context("XLB_FWD_PORTS")?)?;
+            for (i, port) in ports.iter().enumerate() {
+                p.set(i as u32, *port, 0)?;
+            }
+        }
+        {
+            let mut c: Array<&mut MapData, u32> =
+                Array::try_from(ebpf.map_mut("XLB_FWD_CONFIG").context("XLB_FWD_CONFIG")?)?;
+            c.set(0, ports.len() as u32, 0)?;
+        }
+        let prog = xdp_prog(&mut ebpf, "xlb_fwd")?;
+        prog.load().context("loading xlb_fwd")?;
+        attach_in(node, prog, iface)?;
+        Ok(Forwarder { ebpf })
+    }
+
+    /// (redirected, passed).
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        Ok((
+            percpu_sum(&self.ebpf, "XLB_FWD_STATS", 0)?,
+            percpu_sum(&self.ebpf, "XLB_FWD_STATS", 1)?,
+        ))
+    }
+}
+
+/// An interface's index and MAC address inside `host`'s namespace (`ip -j link show`).
+pub fn link_info(host: &Host, iface: &str) -> Result<(u32, [u8; 6])> {
+    let out = host.netns().ip(&["-j", "link", "show", iface])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let l = v.get(0).ok_or_else(|| anyhow!("no link {iface}"))?;
+    let idx = l
+        .get("ifindex")
+        .and_then(|i| i.as_u64())
+        .ok_or_else(|| anyhow!("no ifindex for {iface}: {out}"))? as u32;
+    let mac = l
+        .get("address")
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| anyhow!("no MAC for {iface}: {out}"))?;
+    Ok((idx, parse_mac(mac)?))
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad MAC {s:?}"))?;
+    parts
+        .try_into()
+        .map_err(|_| anyhow!("bad MAC {s:?}: not 6 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_words_match_packet_bytes() {
+        let a = Ipv4Addr::new(198, 18, 128, 1);
+        assert_eq!(raw_addr(a).to_ne_bytes(), [198, 18, 128, 1]);
+        assert_eq!(raw_port(8080).to_ne_bytes(), 8080u16.to_be_bytes());
+        assert_eq!(
+            parse_mac("02:aa:00:10:ff:01").unwrap(),
+            [2, 0xaa, 0, 0x10, 0xff, 1]
+        );
+        assert!(parse_mac("02:aa").is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Every datapath counter read at one instant, and rates between two readings: what `xlb stats
+//! --interval`, `xlb top` and `/metrics` share.
+use std::{collections::HashMap, time::Instant};
+
+use lb_common::maps::{Counter, Reason};
+
+use crate::{conntrack::monotonic_ns, datapath::Maps, flows, reconcile::Snapshot};
+
+/// How a global counter's reason reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReasonClass {
+    /// The packet was handed to the kernel untouched (`pass_*`).
+    Passed,
+    /// The packet was dropped (`drop_*`, and failures that drop).
+    Dropped,
+    /// Everything else: forwarding paths, conntrack and reply events. Not exclusive (a
+    /// forwarded packet also counts a conntrack event).
+    Event,
+}
+
+impl ReasonClass {
+    pub fn of(name: &str) -> ReasonClass {
+        if name.starts_with("pass_") {
+            ReasonClass::Passed
+        } else if name.starts_with("drop_") {
+            ReasonClass::Dropped
+        } else {
+            ReasonClass::Event
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            ReasonClass::Passed => "passed to the kernel",
+            ReasonClass::Dropped => "dropped",
+            ReasonClass::Event => "forwarding, conntrack and reply events",
+        }
+    }
+}
+
+/// The global counters, in `Reason::ALL` order.
+pub fn global(maps: &Maps) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    Reason::ALL
+        .iter()
+        .map(|r| Ok((r.name(), maps.global(*r)?)))
+        .collect()
+}
+
+/// Conntrack entries grouped by frontend and backend.
+#[derive(Debug, Clone, Default)]
+pub struct FlowCounts {
+    pub total: u64,
+    pub capacity: u32,
+    pub per_frontend: HashMap<u32, u64>,
+    pub per_backend: HashMap<u32, u64>,
+    /// Entries created after the `since` time given to [`read`], per frontend.
+    pub new_per_frontend: HashMap<u32, u64>,
+    pub new_total: u64,
+}
+
+/// One reading.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub at: Instant,
+    /// CLOCK_MONOTONIC (the datapath's clock) at the reading.
+    pub mono_ns: u64,
+    pub global: Vec<(&'static str, u64)>,
+    /// By frontend id, for the frontends in the snapshot.
+    pub frontends: HashMap<u32, Counter>,
+    /// By backend id, for the backends in the snapshot.
+    pub backends: HashMap<u32, Counter>,
+    pub flows: Option<FlowCounts>,
+}
+
+/// Reads the counters of everything in `snap`; with `flows`, also scans conntrack and counts
+/// entries created after `since_ns` (CLOCK_MONOTONIC) as new.
+pub fn read(
+    maps: &Maps,
+    snap: &Snapshot,
+    flows: bool,
+    since_ns: Option<u64>,
+) -> anyhow::Result<Sample> {
+    let at = Instant::now();
+    let mono_ns = monotonic_ns();
+    let global = global(maps)?;
+    let mut frontends = HashMap::new();
+    let mut backends = HashMap::new();
+    for s in &snap.services {
+        for f in &s.frontends {
+            frontends.insert(f.frontend_id, maps.frontend_counter(f.frontend_id)?);
+        }
+        for b in &s.backends {
+            if let std::collections::hash_map::Entry::Vacant(e) = backends.entry(b.backend_id) {
+                e.insert(maps.backend_counter(b.backend_id)?);
+            }
+        }
+    }
+    let flows = if flows {
+        let mut c = FlowCounts {
+            capacity: flows::capacity(maps)?,
+            ..Default::default()
+        };
+        for v in flows::scan(maps)?.values() {
+            c.total += 1;
+            *c.per_frontend.entry(v.frontend_id).or_default() += 1;
+            *c.per_backend.entry(v.backend_id).or_default() += 1;
+            if since_ns.is_some_and(|t| v.created_ns > t) {
+                *c.new_per_frontend.entry(v.frontend_id).or_default() += 1;
+                c.new_total += 1;
+            }
+        }
+        Some(c)
+    } else {
+        None
+    };
+    Ok(Sample {
+        at,
+        mono_ns,
+        global,
+        frontends,
+        backends,
+        flows,
+    })
+}
+
+/// `(cur - prev) / seconds`; a counter that went backwards (an id reused and reset) counts from 0.
+pub fn per_sec(prev: u64, cur: u64, secs: f64) -> f64 {
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    let d = if cur >= prev { cur - prev } else { cur };
+    d as f64 / secs
+}
+
+impl Sample {
+    pub fn global_value(&self, name: &str) -> u64 {
+        self.global
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+
+    /// Seconds from `prev` to `self`.
+    pub fn secs_since(&self, prev: &Sample) -> f64 {
+        self.at.duration_since(prev.at).as_secs_f64()
+    }
+
+    /// Per-second rate of each global counter since `prev`.
+    pub fn global_rates(&self, prev: &Sample) -> Vec<(&'static str, f64)> {
+        let dt = self.secs_since(prev);
+        self.global
+            .iter()
+            .map(|(n, v)| (*n, per_sec(prev.global_value(n), *v, dt)))
+            .collect()
+    }
+
+    /// Packets/s and bytes/s of frontend `id` since `prev`.
+    pub fn frontend_rate(&self, prev: &Sample, id: u32) -> (f64, f64) {
+        rate_of(&self.frontends, &prev.frontends, id, self.secs_since(prev))
+    }
+
+    pub fn backend_rate(&self, prev: &Sample, id: u32) -> (f64, f64) {
+        rate_of(&self.backends, &prev.backends, id, self.secs_since(prev))
+    }
+}
+
+fn rate_of(
+    cur: &HashMap<u32, Counter>,
+    prev: &HashMap<u32, Counter>,
+    id: u32,
+    secs: f64,
+) -> (f64, f64) {
+    let c = cur.get(&id).copied().unwrap_or_default();
+    let p = prev.get(&id).copied().unwrap_or_default();
+    (
+        per_sec(p.packets, c.packets, secs),
+        per_sec(p.bytes, c.bytes, secs),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        assert_eq!(ReasonClass::of("pass_no_frontend"), ReasonClass::Passed);
+        assert_eq!(ReasonClass::of("drop_no_backend"), ReasonClass::Dropped);
+        assert_eq!(ReasonClass::of("forward_local"), ReasonClass::Event);
+        assert_eq!(
+            ReasonClass::of("conntrack_insert_failed"),
+            ReasonClass::Event
+        );
+        // Every reason the datapath has falls in a class, and names are unique.
+        let mut names: Vec<_> = Reason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Reason::ALL.len());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(per_sec(10, 30, 2.0), 10.0);
+        assert_eq!(per_sec(100, 5, 1.0), 5.0);
+        assert_eq!(per_sec(1, 2, 0.0), 0.0);
+    }
+}
