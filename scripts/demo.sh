@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds xlb and runs the single-node lab demo: a client, a node running xlb on its uplink and
-# three pods, all in network namespaces (198.18.0.0/15 only), torn down at the end.
+# Builds xlb and runs the demo on the multi-node lab: a client, two edge nodes behind an ECMP
+# route and two backend nodes with pods, xlb on every node, all in network namespaces
+# (198.18.0.0/15 only), torn down at the end.
 # Needs root. Extra arguments go to `xlb-bench demo` (e.g. --connections 100 --xdp-mode generic).
 set -euo pipefail
 cd "$(dirname "$0")/.."
