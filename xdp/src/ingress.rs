@@ -14,8 +14,10 @@ use lb_common::{
 
 use xlb_xdp::parse::{self, Headers, TCP_FLAG_ACK, TCP_FLAG_SYN};
 
+use xlb_xdp::csum;
+
 use crate::{
-    csum, encap,
+    encap,
     maps::{
         XLB_AFFINITY, XLB_BACKENDS, XLB_CONNTRACK, XLB_FRONTENDS, XLB_LOCAL_ADDRS, XLB_MAGLEV,
         XLB_REVNAT, XLB_SRC_RANGES, XLB_SVC_BACKENDS,

@@ -7,7 +7,6 @@
 #![no_std]
 #![no_main]
 
-mod csum;
 mod egress;
 mod encap;
 mod icmp;

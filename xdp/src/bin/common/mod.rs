@@ -19,29 +19,5 @@ pub fn from_generator(saddr_be: u32) -> bool {
     u32::from_be(saddr_be) & GEN_MASK == GEN_NET
 }
 
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
-/// RFC 1624 update of a checksum after a 32-bit field changed (raw packet words).
-#[inline(always)]
-pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
-    let not_old = !old;
-    let sum = (!check) as u64
-        + (not_old >> 16) as u64
-        + (not_old & 0xffff) as u64
-        + (new >> 16) as u64
-        + (new & 0xffff) as u64;
-    !fold(sum)
-}
-
-/// RFC 1624 update of a checksum after a 16-bit field changed (raw packet words).
-#[inline(always)]
-pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
-    let sum = (!check) as u64 + (!old) as u64 + new as u64;
-    !fold(sum)
-}
+// The datapath's own RFC 1624 checksum updates.
+pub use xlb_xdp::csum::{replace2, replace4};
