@@ -380,6 +380,9 @@ fn gone_relists_and_rewrites_only_what_changed() {
         vec![endpoint("198.18.1.21", "node-a", Cond::Ready)],
     ));
     h.sync_until("api", |h| h.programmed_services().len() == 2);
+    // The Service and its slice may arrive in separate updates: let the rest land before
+    // checking that an empty relist programs nothing.
+    h.idle(Duration::from_millis(500));
     // An open flow through web, to check that conntrack survives the relist.
     let (_, pod) = h.send_to_vip(44000, true);
     let pod = pod.expect("forwarded");
@@ -442,6 +445,9 @@ fn the_datapath_keeps_serving_while_the_api_is_away() {
         (Outage::Status(503), "503 answers"),
     ] {
         h.server.set_outage(outage);
+        // Open watch streams would still deliver the change below: cut them, so that every
+        // reconnect meets the outage.
+        h.server.close_watches();
         // The server changes while xlb cannot see it.
         h.server.apply(&web_slice(vec![
             endpoint("198.18.1.11", "node-a", Cond::Ready),
