@@ -121,7 +121,14 @@ pub fn attach(
     mode: XdpMode,
 ) -> anyhow::Result<Attachment> {
     let index = ifindex(iface)?;
-    accept_local(iface)?;
+    if let Err(e) = accept_local(iface) {
+        // Not fatal: in a container /proc/sys is often read-only, and nodes usually have the
+        // neighbour entries of the other nodes already. Said once, with the remedy.
+        tracing::warn!(
+            "{e:#}: encapsulated packets to a node without a neighbour entry yet will be dropped \
+             by the kernel as martians; set net.ipv4.conf.{iface}.accept_local=1 on this node"
+        );
+    }
     fs::create_dir_all(pins::links_dir(pin_dir))?;
     let xdp_pin = pins::xdp_link_pin(pin_dir, iface);
     let tc_pin = pins::tc_link_pin(pin_dir, iface);
