@@ -21,6 +21,7 @@ use crate::{
         OutputFormat, ProtocolArg,
     },
     conntrack::monotonic_ns,
+    conntrack::revnat_key,
     datapath::Maps,
     inspect::{self, Datapath},
     output::{self, Table},
@@ -506,18 +507,6 @@ pub fn watch(args: &ConntrackWatchArgs) -> anyhow::Result<()> {
         }
         drop(events);
         prev = now;
-    }
-}
-
-/// The reply tuple under which the datapath recorded a flow's reverse NAT.
-fn revnat_key(k: &FlowKey, b: &Backend) -> FlowKey {
-    FlowKey {
-        src_addr: b.addr,
-        dst_addr: k.src_addr,
-        src_port: b.port,
-        dst_port: k.src_port,
-        proto: k.proto,
-        _pad: [0; 3],
     }
 }
 
