@@ -16,12 +16,16 @@
 //! have grown by exactly `repeat` (and the wrapper's restore counter too), and the output frame
 //! must be what the path produces (the input for fixed points and drops, the DNATed frame for
 //! wrapped rows). Encap/decap rows come with remote backends (issue 3).
+#[path = "../tests/common/fib_netns.rs"]
+mod fib_netns;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
+use fib_netns::FibNetns;
 use lb_common::maps::Reason;
 use xlb::{
     compile::compile,
@@ -130,89 +134,6 @@ status: {addresses: [{type: InternalIP, address: 198.18.0.4}]}
 "#;
 
 const VIP_REMOTE: [u8; 4] = [198, 19, 255, 4];
-
-/// The bench runs in a private network namespace holding an "uplink" veth (198.18.0.2/24) with
-/// a permanent neighbour entry for node-c, so the encapsulation's FIB lookup succeeds the same
-/// way on every machine and nothing is ever sent. Removed on drop.
-struct BenchNetns {
-    name: String,
-    ifindex: u32,
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl BenchNetns {
-    fn enter() -> Self {
-        let name = format!("xlbmicro-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        // The guard exists before anything can fail, so a failed setup still removes it.
-        let mut ns = BenchNetns {
-            name: name.clone(),
-            ifindex: 0,
-        };
-        ip(&[
-            "-n", &name, "link", "add", "up0", "type", "veth", "peer", "name", "peer0",
-        ]);
-        ip(&["-n", &name, "link", "set", "peer0", "up"]);
-        ip(&["-n", &name, "link", "set", "up0", "up"]);
-        ip(&["-n", &name, "addr", "add", "198.18.0.2/24", "dev", "up0"]);
-        ip(&[
-            "-n",
-            &name,
-            "neigh",
-            "add",
-            "198.18.0.4",
-            "lladdr",
-            "02:00:00:00:00:04",
-            "dev",
-            "up0",
-            "nud",
-            "permanent",
-        ]);
-        let out = std::process::Command::new("nsenter")
-            .args([
-                &format!("--net=/run/netns/{name}"),
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ])
-            .output()
-            .expect("sysctl");
-        assert!(out.status.success());
-        let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setns on a valid namespace fd; this thread runs every measurement.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let idx = std::fs::read_to_string("/sys/class/net/up0/ifindex")
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        let ifindex = idx.unwrap_or_else(|| {
-            let c = std::ffi::CString::new("up0").unwrap();
-            // SAFETY: valid C string.
-            unsafe { libc::if_nametoindex(c.as_ptr()) }
-        });
-        ns.ifindex = ifindex;
-        ns
-    }
-}
-
-impl Drop for BenchNetns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
 
 /// struct xdp_md with only the ingress interface set, as BPF_PROG_TEST_RUN takes it.
 fn xdp_ctx(len: usize, ifindex: u32) -> Vec<u8> {
@@ -338,7 +259,10 @@ fn main() {
         table_size: 16381,
         extra_local_addrs: vec![],
     };
-    let netns = BenchNetns::enter();
+    // The bench runs in a private namespace whose uplink has a permanent neighbour entry for
+    // node-c, so the encapsulation's FIB lookup succeeds (XDP_TX) the same way on any machine.
+    let netns = FibNetns::new("micro");
+    netns.enter();
     IFINDEX.store(netns.ifindex, std::sync::atomic::Ordering::Relaxed);
     rec.apply_tunnel(&xlb::tunnel::tunnel_plan(
         &state,

@@ -3,11 +3,14 @@
 //! packets. FIB lookups run in a private network namespace with a private interface, so the
 //! results never depend on the host's routes and nothing is ever sent.
 mod common;
+#[path = "common/fib_netns.rs"]
+mod fib_netns;
 
-use std::{net::Ipv4Addr, process::Command};
+use std::net::Ipv4Addr;
 
 use common::*;
 use etherparse::PacketBuilder;
+use fib_netns::FibNetns;
 use lb_common::maps::{ENCAP_OVERHEAD, Reason};
 
 const XDP_TX: u32 = 3;
@@ -54,117 +57,6 @@ items:
   endpoints: [{addresses: ["198.18.5.11"], nodeName: node-d}]
 "#
     .to_string()
-}
-
-/// A private namespace holding an "uplink" (198.18.0.2/24, MTU 1500) with a permanent
-/// neighbour entry for node-c only, forwarding on. Removed on drop.
-struct FibNetns {
-    name: String,
-    ifindex: u32,
-    mac: [u8; 6],
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl FibNetns {
-    fn new(tag: &str) -> Self {
-        let name = format!("xlbpt-{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        // The guard exists before anything else can fail, so a failed setup still removes it.
-        let mut ns = FibNetns {
-            name: name.clone(),
-            ifindex: 0,
-            mac: [2, 0, 0, 0, 0, 2],
-        };
-        // A veth pair inside the namespace (this kernel has no dummy driver); only its
-        // addresses, routes and neighbours matter: nothing is transmitted.
-        ip(&[
-            "-n",
-            &name,
-            "link",
-            "add",
-            "up0",
-            "address",
-            "02:00:00:00:00:02",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "peer0",
-        ]);
-        ip(&["-n", &name, "link", "set", "peer0", "up"]);
-        ip(&["-n", &name, "link", "set", "up0", "up", "mtu", "1500"]);
-        ip(&["-n", &name, "addr", "add", "198.18.0.2/24", "dev", "up0"]);
-        ip(&[
-            "-n",
-            &name,
-            "neigh",
-            "add",
-            "198.18.0.4",
-            "lladdr",
-            "02:00:00:00:00:04",
-            "dev",
-            "up0",
-            "nud",
-            "permanent",
-        ]);
-        let out = Command::new("nsenter")
-            .args([
-                &format!("--net=/run/netns/{name}"),
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ])
-            .output()
-            .expect("sysctl");
-        assert!(out.status.success());
-        let idx = Command::new("ip")
-            .args(["-n", &name, "-o", "link", "show", "up0"])
-            .output()
-            .unwrap();
-        let idx: u32 = String::from_utf8_lossy(&idx.stdout)
-            .split(':')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        ns.ifindex = idx;
-        ns
-    }
-
-    /// Moves the calling thread (each test runs on its own thread) into the namespace, where
-    /// BPF_PROG_TEST_RUN resolves the ingress interface and does its FIB lookups.
-    fn enter(&self) {
-        let f = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        assert_eq!(unsafe { libc_setns(f.as_raw_fd()) }, 0, "setns");
-    }
-}
-
-unsafe fn libc_setns(fd: i32) -> i32 {
-    unsafe extern "C" {
-        fn setns(fd: i32, nstype: i32) -> i32;
-    }
-    const CLONE_NEWNET: i32 = 0x4000_0000;
-    unsafe { setns(fd, CLONE_NEWNET) }
-}
-
-impl Drop for FibNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 fn sum16(data: &[u8]) -> u32 {
