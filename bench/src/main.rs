@@ -62,6 +62,9 @@ enum Command {
     Micro(OutArgs),
     /// Maglev balance, disruption and build time for M = 16381, 65537 and N = 10, 100, 1000.
     Maglev(MaglevArgs),
+    /// Time for the real `xlb run` to program N Services × E endpoints from scratch, the
+    /// latency from a manifest change to the maps, and the memory it takes (BPF maps, RSS).
+    Control(ControlArgs),
     /// Write a TRex stateless profile or a Linux pktgen script for the same traffic mixes.
     Profile(ProfileArgs),
     /// Turn the scenarios' JSON into the generated section of docs/benchmarks.md and SVG charts.
@@ -218,6 +221,32 @@ struct DemoArgs {
     timeout_ms: u64,
 }
 
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// Numbers of Services to program (comma-separated); a fresh lab and `xlb run` for each.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+    services: Vec<u32>,
+    /// Endpoints per Service (synthetic pod addresses, all local to the node).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    endpoints: u32,
+    /// Changes of each kind (add a Service, remove it, add an endpoint to one) per Service count.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    changes: u32,
+    /// `xlb run --poll-ms`: how often xlb checks the manifests (part of every change latency).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    poll_ms: u64,
+    /// XDP attach mode passed to `xlb run`.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: String,
+    /// CI smoke test: 1 and 100 Services × 3 endpoints, 5 changes of each kind; checks that
+    /// every Service and every change reaches the maps, not speed.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for the JSON results.
+    #[arg(long, default_value = "target/xlb-bench")]
+    out: std::path::PathBuf,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -236,6 +265,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => finish("forward", forward_cmd(&args)),
         Command::Micro(args) => finish("micro", micro_cmd(&args)),
         Command::Maglev(args) => finish("maglev", maglev_cmd(&args)),
+        Command::Control(args) => finish("control", control_cmd(&args)),
         Command::Profile(args) => finish("profile", profile_cmd(&args)),
         Command::Report(args) => finish("report", report_cmd(&args)),
     }
@@ -288,6 +318,39 @@ fn maglev_cmd(a: &MaglevArgs) -> Result<bool> {
     let path = scenarios::write_json(&a.out.out, "maglev", &rep)?;
     out!("wrote {}", path.display());
     Ok(true)
+}
+
+fn control_cmd(a: &ControlArgs) -> Result<bool> {
+    use xlb_bench::scenarios::control;
+    lab::install_interrupt_handler();
+    let mut opts = control::ControlOptions {
+        services: a.services.clone(),
+        endpoints: a.endpoints,
+        changes: a.changes,
+        poll_ms: a.poll_ms,
+        xdp_mode: a.xdp_mode.clone(),
+    };
+    if a.quick {
+        opts.services = vec![1, 100];
+        opts.endpoints = 3;
+        opts.changes = 5;
+    }
+    let rep = control::run(&opts)?;
+    control::print(&rep);
+    let name = if a.quick { "control-quick" } else { "control" };
+    let path = scenarios::write_json(&a.out, name, &rep)?;
+    out!("wrote {}", path.display());
+    let problems = rep.problems();
+    for p in &problems {
+        out!("problem: {p}");
+    }
+    if a.quick {
+        out!(
+            "control --quick: {}",
+            if problems.is_empty() { "OK" } else { "FAILED" }
+        );
+    }
+    Ok(problems.is_empty())
 }
 
 fn profile_cmd(a: &ProfileArgs) -> Result<bool> {

@@ -199,6 +199,14 @@ impl<'lab> XlbProcess<'lab> {
         &self.log
     }
 
+    /// The process id of `xlb run` (`nsenter` execs it in place), while it has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .filter(|_| self.exit.is_none())
+    }
+
     /// The process's output so far (last `max` bytes).
     pub fn log_tail(&self, max: usize) -> String {
         let text = fs::read(&self.log).unwrap_or_default();

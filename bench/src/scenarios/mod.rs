@@ -1,6 +1,7 @@
 //! `xlb-bench` scenarios: each prints a table and writes JSON (`<out>/<scenario>.json`) that
 //! `xlb-bench report` turns into `docs/benchmarks.md` sections and SVG charts.
 
+pub mod control;
 pub mod forward;
 pub mod generator;
 pub mod maglev;

@@ -145,6 +145,9 @@ pub fn markdown(dir: &Path) -> String {
             "through the multi-node lab: edge node → tunnel → backend node's pods, sinks on those pods.\n\n",
         ));
     }
+    if let Some(c) = read(dir, "control") {
+        control_markdown(&mut md, &c);
+    }
     if let Some(m) = read(dir, "micro") {
         writeln!(
             md,
@@ -306,6 +309,119 @@ pub fn forward_svg(fw: &Value) -> String {
     svg
 }
 
+/// The control-plane section: programming from scratch, change latency, memory, per N.
+fn control_markdown(md: &mut String, c: &Value) {
+    let o = &c["options"];
+    let runs = c["runs"].as_array().cloned().unwrap_or_default();
+    let m = runs
+        .iter()
+        .find_map(|r| r["table_size"].as_u64().filter(|&m| m > 0))
+        .unwrap_or(0);
+    writeln!(
+        md,
+        "### Control plane (`xlb-bench control`)\n\n{}. The real `xlb run --manifests --poll-ms {}` on a lab node; N LoadBalancer Services (one TCP port each) × {} endpoints, every endpoint a distinct local backend, Maglev M = {m}; {} changes of each kind per row.\n",
+        machine_line(c),
+        o["poll_ms"],
+        o["endpoints"],
+        o["changes"],
+    )
+    .unwrap();
+    md.push_str("| Services | backends | from scratch s | of which compile + reconcile s | add p50 / p99 ms | remove p50 / p99 ms | scale p50 / p99 ms | BPF maps MiB (Maglev tables) | peak RSS MiB |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let mib = |v: &Value| v.as_f64().unwrap_or(f64::NAN) / 1024.0 / 1024.0;
+    let kind = |r: &Value, k: &str| {
+        r["summary"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["kind"] == k)
+            .cloned()
+    };
+    for r in &runs {
+        let mem = &r["memory"];
+        let p = |k: &str| {
+            kind(r, k)
+                .map(|x| format!("{:.0} / {:.0}", f(&x, "p50_ms"), f(&x, "p99_ms")))
+                .unwrap_or_else(|| "-".into())
+        };
+        let hwm = mem["hwm_end_kib"]
+            .as_u64()
+            .unwrap_or(0)
+            .max(mem["hwm_programmed_kib"].as_u64().unwrap_or(0));
+        writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.3} | {} | {} | {} | {:.1} ({:.1}) | {:.0} |",
+            r["services"],
+            r["backends"],
+            f(r, "from_scratch_s"),
+            f(&r["xlb_first"], "took_ms") / 1e3,
+            p("add"),
+            p("remove"),
+            p("scale"),
+            mib(&mem["total_bytes"]),
+            mib(&mem["maglev_bytes"]),
+            hwm as f64 / 1024.0
+        )
+        .unwrap();
+    }
+    md.push_str("\nFrom scratch, as a timeline (seconds since `xlb run` was started; all but the last but one column from the timestamps of xlb's log lines): its programs loaded and attached (`attached`), its run loop started (`reading the cluster`), the manifests read and generation 1 started (its `programmed` line less its `took_ms`), the maps holding every Service (seen by xlb-bench), generation 1 logged.\n\n| Services | attached | run loop started | manifests read | maps hold every Service | generation 1 logged |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in &runs {
+        let logged = f(r, "programmed_log_s");
+        writeln!(
+            md,
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r["services"],
+            f(r, "attached_s"),
+            f(r, "loop_start_s"),
+            logged - f(&r["xlb_first"], "took_ms") / 1e3,
+            f(r, "from_scratch_s"),
+            logged
+        )
+        .unwrap();
+    }
+    md.push_str("\nWhere a change's time goes (p50, ms): from just before the file's rename to the maps holding it; xlb's own `took_ms` for its generation (compile + reconcile); and, from the timestamp of xlb's log line, the time before that generation started (waiting for the next poll, the fingerprint, reading every manifest file). The columns do not add up: a change shows in the maps before its generation ends (after swapping a table the kernel waits for an RCU grace period before the update returns, and xlb then rewrites its state file).\n\n| Services | change | to the maps | compile + reconcile | before the generation |\n| ---: | --- | ---: | ---: | ---: |\n");
+    for r in &runs {
+        for k in ["add", "remove", "scale"] {
+            if let Some(x) = kind(r, k) {
+                writeln!(
+                    md,
+                    "| {} | {k} | {:.0} | {:.0} | {:.0} |",
+                    r["services"],
+                    f(&x, "p50_ms"),
+                    f(&x, "xlb_took_p50_ms"),
+                    f(&x, "before_generation_p50_ms")
+                )
+                .unwrap();
+            }
+        }
+    }
+    for r in &runs {
+        for p in r["problems"].as_array().into_iter().flatten() {
+            writeln!(
+                md,
+                "\nProblem at {} Services: {}",
+                r["services"],
+                p.as_str().unwrap_or("")
+            )
+            .unwrap();
+        }
+    }
+    md.push_str(concat!(
+        "\nHow: for each N a fresh single-node lab gets a manifest directory (one file per Service) and `xlb run` ",
+        "is started on its node. *From scratch* runs from starting the process until every Service's frontend is in ",
+        "`XLB_FRONTENDS` with a Maglev table at its index in `XLB_MAGLEV`, read from the pinned maps by xlb-bench ",
+        "(lookups every millisecond), not through the CLI; it includes loading and attaching the programs and reading ",
+        "the manifests. Then changes, one at a time, each file renamed into place (or removed) at a random phase of ",
+        "the poll interval and timed from just before the rename until the maps show it: *add* a Service with a new ",
+        "VIP (its frontend appears), *remove* it (its frontend disappears), *scale* one existing Service by one ",
+        "endpoint (its Maglev table is swapped: a new inner map id). The poll interval is part of every change ",
+        "latency. p99 is the nearest rank, so the maximum of these few samples. Memory: the kernel's `memlock` of the ",
+        "14 pinned maps (the hash maps, conntrack and reverse NAT among them, are preallocated at their capacity, so ",
+        "this part does not depend on N) plus every Maglev table, and the peak RSS (`VmHWM`) of `xlb run` over the ",
+        "whole run. Endpoints are synthetic addresses in ",
+        "198.18.0.0/15 that exist nowhere: nothing is sent, this measures programming only.\n\n",
+    ));
+}
+
 /// Replaces (or appends) the generated section of `doc` and writes the charts into
 /// `<doc's directory>/bench/`.
 pub fn write(dir: &Path, doc: &Path) -> Result<()> {
@@ -364,6 +480,45 @@ mod tests {
         assert!(text.contains("| 1000 | 0.300 | 0.100 |"));
         let svg = std::fs::read_to_string(dir.join("bench/forward.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn control_section() {
+        let dir = std::env::temp_dir().join(format!("xlb-report-ctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kind = |k: &str, p50: f64| {
+            serde_json::json!({"kind": k, "count": 5, "p50_ms": p50, "p99_ms": p50 * 2.0, "max_ms": p50 * 2.0,
+                "xlb_took_p50_ms": p50 / 4.0, "before_generation_p50_ms": p50 / 2.0})
+        };
+        let c = serde_json::json!({
+            "machine": {"cpus": 2, "cpu_model": "x", "memory_gib": 24.0, "kernel": "6.18", "unix_time": 0},
+            "options": {"services": [1000], "endpoints": 10, "changes": 5, "poll_ms": 20},
+            "runs": [{"services": 1000, "backends": 10000, "from_scratch_s": 0.83, "table_size": 16381,
+                "attached_s": 0.25, "loop_start_s": 0.35, "programmed_log_s": 0.9,
+                "xlb_first": {"took_ms": 367.0},
+                "memory": {"total_bytes": 181_403_648u64, "maglev_bytes": 69_632_000u64, "hwm_programmed_kib": 97_000, "hwm_end_kib": 114_688},
+                "summary": [kind("add", 218.0), kind("remove", 199.0), kind("scale", 198.0)],
+                "problems": []}],
+        });
+        std::fs::write(dir.join("control.json"), c.to_string()).unwrap();
+        let doc = dir.join("benchmarks.md");
+        write(&dir, &doc).unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        assert!(
+            text.contains("### Control plane (`xlb-bench control`)"),
+            "{text}"
+        );
+        assert!(text.contains("Maglev M = 16381; 5 changes"), "{text}");
+        assert!(
+            text.contains("| 1000 | 10000 | 0.83 | 0.367 | 218 / 436 | 199 / 398 | 198 / 396 | 173.0 (66.4) | 112 |"),
+            "{text}"
+        );
+        assert!(text.contains("| 1000 | scale | 198 | 50 | 99 |"), "{text}");
+        assert!(
+            text.contains("| 1000 | 0.25 | 0.35 | 0.53 | 0.83 | 0.90 |"),
+            "{text}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,1193 @@
+//! `xlb-bench control`: the control plane of the real `xlb run`, measured from outside.
+//!
+//! For each number of Services N, a fresh single-node lab (client — node-a — pods, network
+//! namespaces, 198.18.0.0/15 only) gets a manifest directory of N LoadBalancer Services (one
+//! TCP port each, VIP [`traffic::vip`]`(s)`) × E endpoints, and `xlb run --manifests` is started
+//! on node-a. Then:
+//!
+//! * **from scratch**: the time from starting the process until the datapath maps hold every
+//!   Service: each Service's frontend key in `XLB_FRONTENDS` and a Maglev table at its service
+//!   index in `XLB_MAGLEV`. Read directly from the pinned maps (O(1) lookups every
+//!   millisecond), not through the `xlb` CLI; xlb's own `took_ms` of generation 1 (compile and
+//!   reconcile) comes from its JSON log.
+//! * **change latency**: one manifest change at a time, each file written atomically (a
+//!   dotfile renamed into place, or one file removed), timed from just before the rename to the
+//!   moment the change is visible in the maps: *add* (a new Service: its frontend key appears
+//!   with a table), *remove* (that Service: its key disappears) and *scale* (one endpoint added
+//!   to an existing Service: the Maglev table at its service index is swapped for a new one, so
+//!   the inner map id there changes). xlb finds changes by polling a fingerprint of the files
+//!   every `--poll-ms`, so that interval is part of every latency (changes are written at a
+//!   random phase of it). Before the next change, xlb's log must show the change's generation
+//!   programmed.
+//! * **memory**: `memlock` (`/proc/self/fdinfo`) of the 14 pinned maps and of every Maglev
+//!   table the Services point at, and `VmHWM`/`VmRSS` of the `xlb run` process.
+//!
+//! Endpoints are synthetic pod addresses in 198.18.32.0–198.18.255.255 that exist nowhere in the
+//! lab (nothing is sent: this measures programming only), all with node-a as `nodeName`, so every
+//! backend is local. Every (address, target port) is distinct: when N × E exceeds the pool,
+//! Services further on use the next target port (each address then serves several ports).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, MapInfo};
+use lb_common::maps::{
+    ALL_MAPS, FrontendKey, FrontendValue, IPPROTO_TCP, MAP_FRONTENDS, MAP_MAGLEV, MAX_BACKENDS,
+    MAX_SERVICES,
+};
+
+use crate::lab::netns::{lab_namespaces, xlb_pin_dir};
+use crate::lab::{
+    EndpointDef, Lab, ManifestDir, ManifestSet, PortDef, ServiceDef, XlbOptions, XlbProcess,
+    check_interrupted,
+};
+use crate::say;
+use crate::scenarios::Machine;
+use crate::traffic::{self, SERVICE_PORT, TARGET_PORT};
+
+/// Synthetic pod addresses of the benchmark endpoints: 198.18.32.0 – 198.18.255.255 (the lab's
+/// own hosts live in 198.18.0.0/20, the VIPs in 198.19.0.0/16).
+const POD_POOL_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 32, 0);
+const POD_POOL_SIZE: u32 = 224 * 256;
+/// Endpoints the changes add (198.18.16.0 – 198.18.31.255), one fresh address each.
+const EXTRA_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 16, 0);
+const EXTRA_SIZE: u32 = 16 * 256;
+/// Name of the Service the *add* and *remove* changes create and delete.
+const ADDED: &str = "svc-added";
+/// Where `xlb run` pins its maps under its pin directory (`control/src/pins.rs`).
+const MAPS_SUBDIR: &str = "maps";
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ControlOptions {
+    /// Numbers of Services, one lab each.
+    pub services: Vec<u32>,
+    /// Endpoints per Service.
+    pub endpoints: u32,
+    /// Changes of each kind per Service count.
+    pub changes: u32,
+    /// `xlb run --poll-ms`: how often xlb checks the manifests (part of every change latency).
+    pub poll_ms: u64,
+    pub xdp_mode: String,
+}
+
+/// A manifest change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// A new Service (new VIP): its frontend key appears, with a Maglev table.
+    Add,
+    /// That Service deleted: its frontend key disappears.
+    Remove,
+    /// One endpoint added to an existing Service: its Maglev table is swapped.
+    Scale,
+}
+
+impl ChangeKind {
+    pub const ALL: [ChangeKind; 3] = [ChangeKind::Add, ChangeKind::Remove, ChangeKind::Scale];
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChangeKind::Add => "add",
+            ChangeKind::Remove => "remove",
+            ChangeKind::Scale => "scale",
+        }
+    }
+}
+
+/// The fields of one `programmed` line of xlb's JSON log.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Generation {
+    pub generation: u64,
+    pub took_ms: f64,
+    pub since_change_ms: f64,
+    pub service_ports: u64,
+    pub services_compiled: u64,
+    pub frontends_written: u64,
+    pub frontends_removed: u64,
+    pub tables_swapped: u64,
+    pub backends_written: u64,
+    /// The line's timestamp, seconds since midnight UTC.
+    pub at_second_of_day: Option<f64>,
+}
+
+/// One change and how long it took to reach the maps.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub round: u32,
+    pub service: String,
+    /// From just before the file was renamed into place (or removed) to the change seen in
+    /// the maps.
+    pub latency_ms: f64,
+    /// From the same moment to xlb's `programmed` log line (its timestamp) for the change,
+    /// and that minus xlb's `took_ms`: the poll wait, the fingerprint and reading the manifests
+    /// before the generation started.
+    pub to_logged_ms: Option<f64>,
+    pub before_generation_ms: Option<f64>,
+    /// xlb's log line for the generation that programmed it.
+    pub xlb: Option<Generation>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KindSummary {
+    pub kind: ChangeKind,
+    pub count: usize,
+    pub p50_ms: f64,
+    /// Nearest rank: the maximum for fewer than 100 samples.
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Median of xlb's own `took_ms` (compile + reconcile) for these changes.
+    pub xlb_took_p50_ms: f64,
+    /// Median of [`Change::before_generation_ms`].
+    pub before_generation_p50_ms: f64,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Memory {
+    /// `memlock` of each pinned map, bytes.
+    pub pinned_maps: Vec<(String, u64)>,
+    pub pinned_bytes: u64,
+    /// Distinct Maglev tables the frontends point at, and their `memlock` together.
+    pub maglev_tables: u64,
+    pub maglev_bytes: u64,
+    pub total_bytes: u64,
+    /// `VmRSS` and `VmHWM` of `xlb run` right after programming from scratch, KiB.
+    pub rss_programmed_kib: u64,
+    pub hwm_programmed_kib: u64,
+    /// The same at the end of the run (after every change).
+    pub rss_end_kib: u64,
+    pub hwm_end_kib: u64,
+}
+
+/// One lab: N Services programmed from scratch, then the changes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ControlRun {
+    pub services: u32,
+    pub endpoints: u32,
+    /// Distinct backends (pod address, target port) in the manifests.
+    pub backends: u32,
+    pub manifest_files: u32,
+    /// Writing the manifest directory (before xlb starts; not part of any figure).
+    pub manifest_write_s: f64,
+    /// From starting `xlb run` to its maps pinned (loaded; attaching follows).
+    pub maps_pinned_s: f64,
+    /// From starting `xlb run` to every Service's frontend and Maglev table in the maps.
+    pub from_scratch_s: f64,
+    /// From starting `xlb run` to its log lines (their timestamps): `attached` (programs
+    /// loaded, maps pinned, XDP attached), `reading the cluster` (the run loop starts) and
+    /// generation 1 `programmed`. Reading the manifests is what lies between the second and the
+    /// start of generation 1 (`programmed_log_s - took_ms - loop_start_s`).
+    pub attached_s: Option<f64>,
+    pub loop_start_s: Option<f64>,
+    pub programmed_log_s: Option<f64>,
+    /// xlb's log line of generation 1.
+    pub xlb_first: Option<Generation>,
+    /// Services whose frontend and table were found (must equal `services`).
+    pub frontends_seen: u32,
+    pub table_size: u32,
+    pub memory: Memory,
+    pub changes: Vec<Change>,
+    pub summary: Vec<KindSummary>,
+    pub problems: Vec<String>,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ControlReport {
+    pub scenario: &'static str,
+    pub machine: Machine,
+    pub options: ControlOptions,
+    pub runs: Vec<ControlRun>,
+}
+
+impl ControlReport {
+    pub fn problems(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .flat_map(|r| {
+                r.problems
+                    .iter()
+                    .map(move |p| format!("{} Services: {p}", r.services))
+            })
+            .collect()
+    }
+}
+
+/// The frontend key of benchmark Service `s`: its VIP, port 80, TCP.
+fn key_of(vip: Ipv4Addr) -> FrontendKey {
+    FrontendKey {
+        addr: u32::from_ne_bytes(vip.octets()),
+        port: SERVICE_PORT.to_be(),
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    }
+}
+
+/// Services per target port: each takes E consecutive pool addresses.
+fn per_port(endpoints: u32) -> u32 {
+    (POD_POOL_SIZE / endpoints.max(1)).max(1)
+}
+
+fn service(
+    name: String,
+    vip: Ipv4Addr,
+    target_port: u16,
+    endpoints: Vec<EndpointDef>,
+) -> ServiceDef {
+    ServiceDef {
+        namespace: "default".into(),
+        name,
+        service_type: "LoadBalancer".into(),
+        cluster_ip: None,
+        lb_ingress: vec![vip],
+        external_ips: vec![],
+        ports: vec![PortDef {
+            name: "tcp".into(),
+            protocol: "TCP".into(),
+            port: SERVICE_PORT,
+            target_port,
+            node_port: None,
+        }],
+        endpoints,
+    }
+}
+
+fn endpoint(node: &str, addr: Ipv4Addr, pod: String) -> EndpointDef {
+    EndpointDef {
+        addr,
+        node: node.into(),
+        pod,
+        ready: true,
+        terminating: false,
+    }
+}
+
+/// Benchmark Service `s` of E endpoints on `node` (see the module docs for the addresses).
+fn bench_service(node: &str, s: u32, e: u32) -> ServiceDef {
+    let per = per_port(e);
+    let port = TARGET_PORT + (s / per) as u16;
+    let first = (s % per) * e;
+    let eps = (0..e)
+        .map(|i| {
+            let addr = Ipv4Addr::from(u32::from(POD_POOL_BASE) + first + i);
+            endpoint(node, addr, format!("pod-{s}-{i}"))
+        })
+        .collect();
+    service(format!("svc-{s}"), traffic::vip(s), port, eps)
+}
+
+fn file_name(svc: &ServiceDef) -> String {
+    format!("svc-{}-{}.yaml", svc.namespace, svc.name)
+}
+
+/// Nearest-rank percentile of a sample.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+/// A small deterministic PRNG (xorshift64) for the phase of each change.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` on an array of maps: the id of the inner map at `index`, `None` for an
+/// empty slot. (aya's `ArrayOfMaps::get` opens the inner map; the id is all we need.)
+fn inner_map_id(outer: BorrowedFd<'_>, index: u32) -> Result<Option<u32>> {
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let mut id: u32 = 0;
+    let mut attr = Attr {
+        map_fd: outer.as_raw_fd() as u32,
+        _pad: 0,
+        key: &index as *const u32 as u64,
+        value: &mut id as *mut u32 as u64,
+        flags: 0,
+    };
+    // SAFETY: attr points to a u32 key and a u32 value that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &mut attr as *mut Attr,
+            size_of::<Attr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(id));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        return Ok(None);
+    }
+    Err(anyhow!("looking up {MAP_MAGLEV}[{index}]: {e}"))
+}
+
+/// `memlock:` of a map fd, from `/proc/self/fdinfo` (the kernel's estimate of the map's memory).
+fn memlock(fd: BorrowedFd<'_>) -> Result<u64> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no memlock in {path}"))
+}
+
+/// `VmRSS` and `VmHWM` of `pid`, KiB.
+fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("no {name} in {path}"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The pinned maps this scenario reads, opened from xlb's pin directory.
+struct Probe {
+    frontends: BpfHashMap<MapData, FrontendKey, FrontendValue>,
+    maglev: MapData,
+}
+
+impl Probe {
+    fn open(maps_dir: &Path) -> Result<Probe> {
+        let fe = MapData::from_pin(maps_dir.join(MAP_FRONTENDS))
+            .with_context(|| format!("opening {MAP_FRONTENDS}"))?;
+        let frontends = BpfHashMap::try_from(Map::from_map_data(fe)?)
+            .with_context(|| format!("{MAP_FRONTENDS} has an unexpected type or layout"))?;
+        let maglev = MapData::from_pin(maps_dir.join(MAP_MAGLEV))
+            .with_context(|| format!("opening {MAP_MAGLEV}"))?;
+        Ok(Probe { frontends, maglev })
+    }
+
+    fn frontend(&self, vip: Ipv4Addr) -> Result<Option<FrontendValue>> {
+        match self.frontends.get(&key_of(vip), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up the frontend {vip}")),
+        }
+    }
+
+    /// The inner map id of the Maglev table at `service_id`.
+    fn table(&self, service_id: u32) -> Result<Option<u32>> {
+        inner_map_id(self.maglev.fd().as_fd(), service_id)
+    }
+
+    /// The Service at `vip` is programmed: frontend present and its table in place. Returns
+    /// (frontend value, table id).
+    fn programmed(&self, vip: Ipv4Addr) -> Result<Option<(FrontendValue, u32)>> {
+        let Some(v) = self.frontend(vip)? else {
+            return Ok(None);
+        };
+        Ok(self.table(v.service_id)?.map(|id| (v, id)))
+    }
+}
+
+/// Every line of xlb's JSON log that parses.
+fn log_events(log: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
+/// Seconds since midnight (UTC) of a log line's `timestamp` (`2026-11-26T09:56:09.424653Z`).
+fn log_second_of_day(v: &serde_json::Value) -> Option<f64> {
+    let t = v["timestamp"].as_str()?;
+    let time = t.split_once('T')?.1.trim_end_matches('Z');
+    let mut it = time.split(':');
+    let (h, m, s) = (it.next()?, it.next()?, it.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+/// Seconds from `start` (wall clock) to the first log line with `message` (same day or the
+/// next: the difference is taken modulo a day).
+fn since_start(events: &[serde_json::Value], start: SystemTime, message: &str) -> Option<f64> {
+    let start = second_of_day(start);
+    let at = events
+        .iter()
+        .find(|v| v["message"] == message)
+        .and_then(log_second_of_day)?;
+    Some((at - start).rem_euclid(86_400.0))
+}
+
+/// Seconds since midnight UTC of a wall-clock time.
+fn second_of_day(t: SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() % 86_400.0)
+        .unwrap_or(0.0)
+}
+
+/// Parses every `programmed` line of xlb's JSON log.
+fn generations(log: &Path) -> Vec<Generation> {
+    log_events(log)
+        .into_iter()
+        .filter(|v| v["message"] == "programmed")
+        .map(|v| {
+            let u = |k: &str| v[k].as_u64().unwrap_or(0);
+            let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            Generation {
+                generation: u("generation"),
+                took_ms: f("took_ms"),
+                since_change_ms: f("since_change_ms"),
+                service_ports: u("service_ports"),
+                services_compiled: u("services_compiled"),
+                frontends_written: u("frontends_written"),
+                frontends_removed: u("frontends_removed"),
+                tables_swapped: u("tables_swapped"),
+                backends_written: u("backends_written"),
+                at_second_of_day: log_second_of_day(&v),
+            }
+        })
+        .collect()
+}
+
+/// Fails if the process exited or SIGINT/SIGTERM arrived.
+fn check_alive(xlb: &mut XlbProcess<'_>) -> Result<()> {
+    check_interrupted()?;
+    if let Some(st) = xlb.try_exit() {
+        bail!("xlb run exited ({st}); its log:\n{}", xlb.log_tail(4000));
+    }
+    Ok(())
+}
+
+/// Waits (up to `timeout`) for xlb's log to show generation `g` programmed; returns the latest
+/// generation's line (a later one if xlb programmed more than one since).
+fn wait_generation(xlb: &mut XlbProcess<'_>, g: u64, timeout: Duration) -> Result<Generation> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        check_alive(xlb)?;
+        if let Some(last) = generations(xlb.log_path()).pop()
+            && last.generation >= g
+        {
+            return Ok(last);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "xlb's log did not show generation {g} programmed within {timeout:?}; its log:\n{}",
+                xlb.log_tail(4000)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls `seen` every millisecond until it returns true (up to `timeout`); returns when it did.
+fn poll_until(
+    xlb: &mut XlbProcess<'_>,
+    timeout: Duration,
+    what: &str,
+    mut seen: impl FnMut() -> Result<bool>,
+) -> Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    let mut n = 0u64;
+    loop {
+        if seen()? {
+            return Ok(Instant::now());
+        }
+        n += 1;
+        // The process check costs a wait4 and the signal check an atomic load: every 64 polls.
+        if n.is_multiple_of(64) {
+            check_alive(xlb)?;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {timeout:?} waiting for {what}; xlb log:\n{}",
+                xlb.log_tail(4000)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn check_options(opts: &ControlOptions) -> Result<()> {
+    if opts.services.is_empty() {
+        bail!("nothing to measure");
+    }
+    if opts.endpoints == 0 || opts.endpoints > POD_POOL_SIZE {
+        bail!("--endpoints must be 1..={POD_POOL_SIZE}");
+    }
+    if opts.poll_ms == 0 || opts.poll_ms > 10_000 {
+        bail!("--poll-ms must be 1..=10000");
+    }
+    for &n in &opts.services {
+        // One more Service for the add/remove changes.
+        let svc_max = (MAX_SERVICES - 1).min(traffic::MAX_SERVICES - 1);
+        if n == 0 || n > svc_max {
+            bail!("{n} Services: use 1..={svc_max}");
+        }
+        let backends = n as u64 * opts.endpoints as u64;
+        let extra = opts.changes as u64 * (opts.endpoints as u64 + 1);
+        if backends + extra > MAX_BACKENDS as u64 {
+            bail!(
+                "{n} Services × {} endpoints (+ {extra} for the changes) exceed the datapath's {MAX_BACKENDS} backends",
+                opts.endpoints
+            );
+        }
+        if extra > EXTRA_SIZE as u64 {
+            bail!("too many changes: at most {EXTRA_SIZE} added endpoints");
+        }
+        let ports = n.div_ceil(per_port(opts.endpoints));
+        if TARGET_PORT as u32 + ports > u16::MAX as u32 {
+            bail!("too many endpoints for the synthetic address pool");
+        }
+    }
+    Ok(())
+}
+
+/// Everything for one N. Errors leave `run.problems` to the caller; the lab and the process are
+/// torn down by their destructors whatever happens.
+fn measure(n: u32, opts: &ControlOptions, run: &mut ControlRun) -> Result<()> {
+    check_interrupted()?;
+    let e = opts.endpoints;
+    let lab = Lab::single_node()?;
+    let node_name = lab.spec().nodes[0].name.clone();
+    let node = lab.host(&node_name);
+    let mut svcs: Vec<ServiceDef> = (0..n).map(|s| bench_service(&node_name, s, e)).collect();
+    let set = ManifestSet {
+        services: svcs.clone(),
+        nodes: ManifestSet::nodes_of(lab.spec()),
+    };
+    let t = Instant::now();
+    let manifests: ManifestDir = lab.write_manifests(&set)?;
+    run.manifest_write_s = t.elapsed().as_secs_f64();
+    run.manifest_files = n + 1;
+    run.backends = n * e;
+
+    let pin_dir: PathBuf =
+        xlb_pin_dir(node.netns()).context("`xlb pin-dir` in the node's namespace failed")?;
+    if pin_dir.exists() {
+        bail!(
+            "{} exists before xlb started (a stale datapath?)",
+            pin_dir.display()
+        );
+    }
+    let maps_dir = pin_dir.join(MAPS_SUBDIR);
+    let mut xo = XlbOptions::new(&node_name, manifests.path());
+    xo.extra_args = vec![
+        "--poll-ms".into(),
+        opts.poll_ms.to_string(),
+        "--log-format".into(),
+        "json".into(),
+        "--xdp-mode".into(),
+        opts.xdp_mode.clone(),
+    ];
+    let from_scratch_timeout = Duration::from_secs(60) + Duration::from_millis(10) * n;
+
+    // ---- from scratch ----
+    let (t0, wall0) = (Instant::now(), SystemTime::now());
+    let mut xlb = XlbProcess::start(&lab, &xo)?;
+    let pid = xlb.pid().context("xlb run has no pid")?;
+    let pins = [maps_dir.join(MAP_FRONTENDS), maps_dir.join(MAP_MAGLEV)];
+    let pinned = poll_until(
+        &mut xlb,
+        from_scratch_timeout,
+        &format!("the maps pinned in {}", maps_dir.display()),
+        || Ok(pins.iter().all(|p| p.exists())),
+    )?;
+    run.maps_pinned_s = (pinned - t0).as_secs_f64();
+    // The pin may exist a moment before it can be opened; retry briefly.
+    let probe = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Probe::open(&maps_dir) {
+                Ok(p) => break p,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    // Services are checked in order; one found stays found (nothing removes it), so each poll
+    // resumes at the first one missing: O(N) lookups over the whole wait.
+    let mut next = 0usize;
+    let mut table_size = 0;
+    let done = poll_until(
+        &mut xlb,
+        from_scratch_timeout.saturating_sub(t0.elapsed()),
+        &format!("all {n} Services in {MAP_FRONTENDS} with their tables"),
+        || {
+            while next < svcs.len() {
+                match probe.programmed(svcs[next].lb_ingress[0])? {
+                    Some((v, _)) => {
+                        table_size = v.table_size;
+                        next += 1;
+                    }
+                    None => return Ok(false),
+                }
+            }
+            Ok(true)
+        },
+    )
+    .with_context(|| {
+        format!(
+            "{next} of {n} Services were programmed; {} was the first missing",
+            svcs.get(next).map(|s| s.name.as_str()).unwrap_or("-")
+        )
+    })?;
+    run.from_scratch_s = (done - t0).as_secs_f64();
+    run.table_size = table_size;
+    let first = wait_generation(&mut xlb, 1, Duration::from_secs(30))?;
+    if first.generation != 1 {
+        run.problems.push(format!(
+            "xlb programmed {} generations before the first change (expected 1)",
+            first.generation
+        ));
+    }
+    run.xlb_first = Some(first);
+    let events = log_events(xlb.log_path());
+    run.attached_s = since_start(&events, wall0, "attached");
+    run.loop_start_s = since_start(&events, wall0, "reading the cluster");
+    run.programmed_log_s = since_start(&events, wall0, "programmed");
+
+    // Every Service, checked again now that generation 1 is complete, and the memory.
+    let mut service_ids = BTreeSet::new();
+    let mut table_ids = BTreeSet::new();
+    for s in &svcs {
+        if let Some((v, id)) = probe.programmed(s.lb_ingress[0])? {
+            service_ids.insert(v.service_id);
+            table_ids.insert(id);
+        }
+    }
+    run.frontends_seen = service_ids.len() as u32;
+    if run.frontends_seen != n {
+        run.problems.push(format!(
+            "{} of {n} Services have a frontend and a table after generation 1",
+            run.frontends_seen
+        ));
+    }
+    let mut mem = map_memory(&maps_dir, &table_ids)?;
+    (mem.rss_programmed_kib, mem.hwm_programmed_kib) = rss_kib(pid)?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "xlb" {
+        run.problems.push(format!(
+            "pid {pid} is {:?}, not xlb: the RSS figures are not xlb's",
+            comm.trim()
+        ));
+    }
+    run.memory = mem;
+    eprint!(
+        "programmed in {:.2} s (xlb: {:.0} ms), {:.0} MiB of maps, {:.0} MiB RSS; changes",
+        run.from_scratch_s,
+        run.xlb_first
+            .as_ref()
+            .map(|g| g.took_ms)
+            .unwrap_or(f64::NAN),
+        run.memory.total_bytes as f64 / MIB,
+        run.memory.hwm_programmed_kib as f64 / 1024.0
+    );
+
+    // ---- changes ----
+    let target = Target {
+        xlb: &mut xlb,
+        probe: &probe,
+        manifests: &manifests,
+        node: &node_name,
+    };
+    run_changes(target, &mut svcs, opts, run)?;
+    (run.memory.rss_end_kib, run.memory.hwm_end_kib) = rss_kib(pid)?;
+    run.summary = summarize(&run.changes);
+    for k in ChangeKind::ALL {
+        let want = opts.changes as usize;
+        let got = run.changes.iter().filter(|c| c.kind == k).count();
+        if got != want {
+            run.problems
+                .push(format!("{got} {} changes seen of {want}", k.name()));
+        }
+    }
+    if let Some(c) = run.changes.iter().find(|c| c.latency_ms <= 0.0) {
+        run.problems.push(format!(
+            "a {} change has latency {} ms",
+            c.kind.name(),
+            c.latency_ms
+        ));
+    }
+
+    // ---- teardown, checked ----
+    drop(probe);
+    match xlb.stop() {
+        Ok(st) if st.success() => {}
+        Ok(st) => run
+            .problems
+            .push(format!("xlb run exited with {st} on SIGTERM")),
+        Err(e) => run.problems.push(format!("{e:#}")),
+    }
+    if let Err(e) = xlb.down() {
+        run.problems.push(format!("xlb down: {e:#}"));
+    }
+    drop(xlb);
+    if pin_dir.exists() {
+        run.problems
+            .push(format!("{} left behind after xlb down", pin_dir.display()));
+    }
+    run.note = format!(
+        "xlb run --poll-ms {} (xdp mode {})",
+        opts.poll_ms, opts.xdp_mode
+    );
+    let names = lab.namespaces();
+    drop(manifests);
+    drop(lab);
+    let left: Vec<String> = lab_namespaces()
+        .into_iter()
+        .filter(|l| names.contains(l))
+        .collect();
+    if !left.is_empty() {
+        run.problems
+            .push(format!("namespaces left behind: {left:?}"));
+    }
+    Ok(())
+}
+
+/// `memlock` of every pinned map and of the Maglev tables `table_ids`.
+fn map_memory(maps_dir: &Path, table_ids: &BTreeSet<u32>) -> Result<Memory> {
+    let mut mem = Memory::default();
+    for name in ALL_MAPS {
+        let m = MapData::from_pin(maps_dir.join(name))
+            .with_context(|| format!("opening the pinned map {name}"))?;
+        let b = memlock(m.fd().as_fd())?;
+        mem.pinned_bytes += b;
+        mem.pinned_maps.push((name.to_string(), b));
+    }
+    for &id in table_ids {
+        let info = MapInfo::from_id(id).with_context(|| format!("Maglev table map id {id}"))?;
+        let fd = info.fd().with_context(|| format!("opening map id {id}"))?;
+        mem.maglev_bytes += memlock(fd.as_fd())?;
+    }
+    mem.maglev_tables = table_ids.len() as u64;
+    mem.total_bytes = mem.pinned_bytes + mem.maglev_bytes;
+    Ok(mem)
+}
+
+/// What the changes act on.
+struct Target<'a, 'lab> {
+    xlb: &'a mut XlbProcess<'lab>,
+    probe: &'a Probe,
+    manifests: &'a ManifestDir,
+    node: &'a str,
+}
+
+/// Writes `text` to `<dir>/<name>` atomically (a dotfile renamed into place, which xlb's
+/// manifest reader skips) and returns the time just before the rename: the change cannot be
+/// seen earlier, and a preemption of this process right after the rename cannot hide time.
+fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(Instant, SystemTime)> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let dst = dir.join(name);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    let at = (Instant::now(), SystemTime::now());
+    std::fs::rename(&tmp, &dst).with_context(|| format!("renaming into {}", dst.display()))?;
+    Ok(at)
+}
+
+/// `opts.changes` rounds of add, scale, remove, one change at a time, each timed until the
+/// maps show it (see the module docs).
+fn run_changes(
+    t: Target<'_, '_>,
+    svcs: &mut [ServiceDef],
+    opts: &ControlOptions,
+    run: &mut ControlRun,
+) -> Result<()> {
+    let Target {
+        xlb,
+        probe,
+        manifests,
+        node,
+    } = t;
+    let (n, e) = (svcs.len() as u32, opts.endpoints);
+    let change_timeout = Duration::from_secs(30) + Duration::from_millis(2) * n;
+    let mut generation = 1u64;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ n as u64);
+    let mut extra = 0u32;
+    let mut fresh = |port_owner: &str| {
+        let a = Ipv4Addr::from(u32::from(EXTRA_BASE) + extra);
+        extra += 1;
+        endpoint(node, a, format!("pod-{port_owner}-x{extra}"))
+    };
+    let added_vip = traffic::vip(n);
+    for round in 0..opts.changes {
+        for kind in [ChangeKind::Add, ChangeKind::Scale, ChangeKind::Remove] {
+            check_alive(xlb)?;
+            // A random phase of xlb's poll interval.
+            std::thread::sleep(Duration::from_micros(
+                rng.next() % (opts.poll_ms * 1000).max(1),
+            ));
+            let service: String;
+            let written: (Instant, SystemTime);
+            let what: String;
+            let mut seen: Box<dyn FnMut() -> Result<bool> + '_> = match kind {
+                ChangeKind::Add => {
+                    let eps = (0..e).map(|_| fresh(ADDED)).collect();
+                    let svc = service_def_added(added_vip, eps);
+                    let (name, text) = (file_name(&svc), svc.to_yaml());
+                    written = write_atomically(manifests.path(), &name, &text)?;
+                    service = svc.name.clone();
+                    what = format!("the new Service's frontend {added_vip}:{SERVICE_PORT}");
+                    Box::new(move || Ok(probe.programmed(added_vip)?.is_some()))
+                }
+                ChangeKind::Remove => {
+                    let svc = service_def_added(added_vip, vec![]);
+                    let path = manifests.path().join(file_name(&svc));
+                    written = (Instant::now(), SystemTime::now());
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                    service = svc.name;
+                    what = format!("the frontend {added_vip}:{SERVICE_PORT} to disappear");
+                    Box::new(move || Ok(probe.frontend(added_vip)?.is_none()))
+                }
+                ChangeKind::Scale => {
+                    let s = ((round as u64 * 7919 + n as u64 / 2) % n as u64) as usize;
+                    let vip = svcs[s].lb_ingress[0];
+                    let (v, old) = probe
+                        .programmed(vip)?
+                        .with_context(|| format!("{} is not programmed", svcs[s].name))?;
+                    let ep = fresh(&svcs[s].name);
+                    svcs[s].endpoints.push(ep);
+                    written = write_atomically(
+                        manifests.path(),
+                        &file_name(&svcs[s]),
+                        &svcs[s].to_yaml(),
+                    )?;
+                    service = svcs[s].name.clone();
+                    what = format!(
+                        "a new Maglev table for {service} ({MAP_MAGLEV}[{}] was map id {old})",
+                        v.service_id
+                    );
+                    Box::new(move || Ok(probe.table(v.service_id)?.is_some_and(|id| id != old)))
+                }
+            };
+            let at = poll_until(xlb, change_timeout, &what, &mut *seen)
+                .with_context(|| format!("{} change of round {}", kind.name(), round + 1))?;
+            drop(seen);
+            let latency_ms = (at - written.0).as_secs_f64() * 1e3;
+            generation += 1;
+            let g = wait_generation(xlb, generation, change_timeout)?;
+            if g.generation != generation {
+                run.problems.push(format!(
+                    "the {} change of round {} ended at generation {} (expected {generation})",
+                    kind.name(),
+                    round + 1,
+                    g.generation
+                ));
+                generation = g.generation;
+            }
+            let to_logged_ms = g
+                .at_second_of_day
+                .map(|at| (at - second_of_day(written.1)).rem_euclid(86_400.0) * 1e3);
+            run.changes.push(Change {
+                kind,
+                round,
+                service,
+                latency_ms,
+                to_logged_ms,
+                before_generation_ms: to_logged_ms.map(|l| l - g.took_ms),
+                xlb: Some(g),
+            });
+        }
+        eprint!(".");
+    }
+    Ok(())
+}
+
+fn service_def_added(vip: Ipv4Addr, eps: Vec<EndpointDef>) -> ServiceDef {
+    service(ADDED.into(), vip, TARGET_PORT, eps)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn summarize(changes: &[Change]) -> Vec<KindSummary> {
+    ChangeKind::ALL
+        .iter()
+        .filter_map(|&kind| {
+            let v: Vec<f64> = changes
+                .iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| c.latency_ms)
+                .collect();
+            if v.is_empty() {
+                return None;
+            }
+            let took: Vec<f64> = changes
+                .iter()
+                .filter(|c| c.kind == kind)
+                .filter_map(|c| c.xlb.as_ref().map(|g| g.took_ms))
+                .collect();
+            let before: Vec<f64> = changes
+                .iter()
+                .filter(|c| c.kind == kind)
+                .filter_map(|c| c.before_generation_ms)
+                .collect();
+            Some(KindSummary {
+                kind,
+                count: v.len(),
+                p50_ms: percentile(&v, 50.0),
+                p99_ms: percentile(&v, 99.0),
+                max_ms: percentile(&v, 100.0),
+                xlb_took_p50_ms: percentile(&took, 50.0),
+                before_generation_p50_ms: percentile(&before, 50.0),
+            })
+        })
+        .collect()
+}
+
+pub fn run(opts: &ControlOptions) -> Result<ControlReport> {
+    check_options(opts)?;
+    let mut runs = Vec::new();
+    let total = opts.services.len();
+    for (k, &n) in opts.services.iter().enumerate() {
+        eprint!(
+            "[{}/{total}] xlb run with {n} Services × {} endpoints: ",
+            k + 1,
+            opts.endpoints
+        );
+        check_interrupted()?;
+        let mut run = ControlRun {
+            services: n,
+            endpoints: opts.endpoints,
+            backends: 0,
+            manifest_files: 0,
+            manifest_write_s: 0.0,
+            maps_pinned_s: 0.0,
+            from_scratch_s: 0.0,
+            attached_s: None,
+            loop_start_s: None,
+            programmed_log_s: None,
+            xlb_first: None,
+            frontends_seen: 0,
+            table_size: 0,
+            memory: Memory::default(),
+            changes: vec![],
+            summary: vec![],
+            problems: vec![],
+            note: String::new(),
+        };
+        // A failed measurement is recorded (and fails the scenario) without losing the others.
+        if let Err(e) = measure(n, opts, &mut run) {
+            run.problems.push(format!("{e:#}"));
+            run.summary = summarize(&run.changes);
+        }
+        eprintln!(
+            " {}",
+            if run.problems.is_empty() {
+                "ok"
+            } else {
+                "PROBLEMS"
+            }
+        );
+        runs.push(run);
+    }
+    Ok(ControlReport {
+        scenario: "control",
+        machine: Machine::this(),
+        options: opts.clone(),
+        runs,
+    })
+}
+
+pub fn print(rep: &ControlReport) {
+    let o = &rep.options;
+    say!(
+        "control: xlb run programming N Services × {} endpoints from scratch, and manifest-change-to-map latency ({} changes of each kind, --poll-ms {}, {} CPUs)",
+        o.endpoints,
+        o.changes,
+        o.poll_ms,
+        rep.machine.cpus
+    );
+    say!(
+        "{:>8} {:>9} {:>9} {:>9} {:>15} {:>15} {:>15} {:>9} {:>9}  {}",
+        "Services",
+        "scratch s",
+        "xlb ms",
+        "pinned s",
+        "add p50/p99",
+        "remove p50/p99",
+        "scale p50/p99",
+        "maps MiB",
+        "RSS MiB",
+        "checks"
+    );
+    for r in &rep.runs {
+        let k = |kind: ChangeKind| {
+            r.summary
+                .iter()
+                .find(|s| s.kind == kind)
+                .map(|s| format!("{:.0}/{:.0} ms", s.p50_ms, s.p99_ms))
+                .unwrap_or_else(|| "-".into())
+        };
+        say!(
+            "{:>8} {:>9.2} {:>9.0} {:>9.2} {:>15} {:>15} {:>15} {:>9.1} {:>9.1}  {}",
+            r.services,
+            r.from_scratch_s,
+            r.xlb_first.as_ref().map(|g| g.took_ms).unwrap_or(f64::NAN),
+            r.maps_pinned_s,
+            k(ChangeKind::Add),
+            k(ChangeKind::Remove),
+            k(ChangeKind::Scale),
+            r.memory.total_bytes as f64 / MIB,
+            r.memory.hwm_end_kib.max(r.memory.hwm_programmed_kib) as f64 / 1024.0,
+            if r.problems.is_empty() {
+                "ok".to_string()
+            } else {
+                r.problems.join("; ")
+            }
+        );
+    }
+    say!(
+        "scratch: start of `xlb run` to every Service's frontend and Maglev table in the maps; xlb ms: its own compile + reconcile of generation 1; pinned: start to maps pinned."
+    );
+    say!(
+        "from scratch, step by step (seconds from the start of `xlb run`; from xlb's log timestamps):"
+    );
+    say!(
+        "{:>8} {:>9} {:>9} {:>11} {:>14} {:>17} {:>12} {:>12}",
+        "Services",
+        "pinned",
+        "attached",
+        "loop start",
+        "manifests read",
+        "compile+reconcile",
+        "maps full",
+        "log: gen 1"
+    );
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+    for r in &rep.runs {
+        let took = r.xlb_first.as_ref().map(|g| g.took_ms / 1e3);
+        let read = match (r.programmed_log_s, took, r.loop_start_s) {
+            (Some(p), Some(t), Some(l)) => Some(p - t - l),
+            _ => None,
+        };
+        say!(
+            "{:>8} {:>9.3} {:>9} {:>11} {:>14} {:>17} {:>12.3} {:>12}",
+            r.services,
+            r.maps_pinned_s,
+            opt(r.attached_s),
+            opt(r.loop_start_s),
+            opt(read),
+            opt(took),
+            r.from_scratch_s,
+            opt(r.programmed_log_s)
+        );
+    }
+    say!(
+        "changes (ms): to the maps p50/p99/max; xlb's took_ms p50 (compile + reconcile); before the generation p50 (poll wait, fingerprint, reading every manifest)"
+    );
+    say!(
+        "{:>8} {:<7} {:>6} {:>22} {:>12} {:>18}",
+        "Services",
+        "kind",
+        "count",
+        "p50 / p99 / max",
+        "xlb took",
+        "before generation"
+    );
+    for r in &rep.runs {
+        for k in &r.summary {
+            say!(
+                "{:>8} {:<7} {:>6} {:>22} {:>12.1} {:>18.1}",
+                r.services,
+                k.kind.name(),
+                k.count,
+                format!("{:.1} / {:.1} / {:.1}", k.p50_ms, k.p99_ms, k.max_ms),
+                k.xlb_took_p50_ms,
+                k.before_generation_p50_ms
+            );
+        }
+    }
+    say!(
+        "changes: from just before the file is renamed into place → visible in the maps, including up to --poll-ms of xlb's polling; maps: memlock of the pinned maps + every Maglev table; RSS: peak (VmHWM) of xlb run."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_distinct_and_in_the_lab_range() {
+        let e = 10;
+        let mut seen = BTreeSet::new();
+        let range = crate::lab::topology::LAB_RANGE;
+        for s in 0..10_000 {
+            let svc = bench_service("node-a", s, e);
+            assert_eq!(svc.endpoints.len(), e as usize);
+            assert!(range.contains(svc.lb_ingress[0]));
+            for ep in &svc.endpoints {
+                assert!(range.contains(ep.addr), "{}", ep.addr);
+                assert!(u32::from(ep.addr) >= u32::from(POD_POOL_BASE));
+                assert!(seen.insert((ep.addr, svc.ports[0].target_port)));
+            }
+        }
+        assert_eq!(seen.len(), 100_000);
+        assert!(range.contains(Ipv4Addr::from(u32::from(EXTRA_BASE) + EXTRA_SIZE - 1)));
+        assert!(u32::from(EXTRA_BASE) + EXTRA_SIZE <= u32::from(POD_POOL_BASE));
+    }
+
+    #[test]
+    fn log_timestamps() {
+        let v =
+            serde_json::json!({"timestamp": "2026-11-26T09:56:09.424653Z", "message": "attached"});
+        let sod = log_second_of_day(&v).unwrap();
+        assert!((sod - (9.0 * 3600.0 + 56.0 * 60.0 + 9.424653)).abs() < 1e-6);
+        // 2026-11-26T09:56:09Z is 1795686969 s after the epoch.
+        let start = std::time::UNIX_EPOCH + Duration::from_secs_f64(1_795_686_969.0);
+        let d = since_start(&[v], start, "attached").unwrap();
+        assert!((d - 0.424653).abs() < 1e-4, "{d}");
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 5.0);
+        assert_eq!(percentile(&v, 99.0), 10.0);
+        assert_eq!(percentile(&v, 100.0), 10.0);
+        assert_eq!(percentile(&[3.0], 50.0), 3.0);
+    }
+
+    #[test]
+    fn generation_lines_are_parsed() {
+        let dir = std::env::temp_dir().join(format!("xlb-control-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("xlb.log");
+        std::fs::write(
+            &log,
+            concat!(
+                "{\"timestamp\":\"t\",\"level\":\"INFO\",\"message\":\"reading the cluster\"}\n",
+                "not json\n",
+                "{\"message\":\"programmed\",\"generation\":1,\"took_ms\":12.5,\"since_change_ms\":13.0,\"tables_swapped\":3}\n",
+                "{\"message\":\"programmed\",\"generation\":2,\"took_ms\":1.5,\"since_change_ms\":2.0,\"frontends_removed\":1}\n",
+            ),
+        )
+        .unwrap();
+        let g = generations(&log);
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            (g[0].generation, g[0].took_ms, g[0].tables_swapped),
+            (1, 12.5, 3)
+        );
+        assert_eq!((g[1].generation, g[1].frontends_removed), (2, 1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
