@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use xlb_bench::lab::{self, *};
 use xlb_bench::scenarios::{
-    self, forward, forward::Path, generator, maglev, micro, profile, report,
+    self, forward, forward::Path, generator, latency, maglev, micro, profile, report,
 };
 use xlb_bench::traffic::Mix;
 
@@ -57,6 +57,9 @@ enum Command {
     /// Packets/s delivered to the pods for xlb, kube-proxy-shaped iptables and nftables rules
     /// and a bare XDP forwarder, at 1, 1,000 and 10,000 Services; ratios from the same run.
     Forward(ForwardArgs),
+    /// Request/response latency (p50/p99/p99.9) through the same paths as `forward`: a
+    /// request on an established connection (`rr`) and a new connection per request (`crr`).
+    Latency(LatencyArgs),
     /// BPF_PROG_TEST_RUN ns/packet per datapath path against the floor (runs
     /// `cargo bench -p xlb --bench micro`).
     Micro(OutArgs),
@@ -209,6 +212,52 @@ struct ForwardArgs {
 }
 
 #[derive(clap::Args)]
+struct LatencyArgs {
+    /// Numbers of Services to program (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+    services: Vec<u32>,
+    /// Paths to measure (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "xlb,iptables,nftables,ceiling"
+    )]
+    paths: Vec<Path>,
+    /// Transaction kinds (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "rr,crr")]
+    kinds: Vec<latency::Kind>,
+    /// Measured transactions per run.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    transactions: u32,
+    /// Untimed transactions before each measured run.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    warmup: u32,
+    /// Upper bound of one run, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    max_seconds: f64,
+    /// Timeout of each connect and read, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=5000))]
+    timeout_ms: u64,
+    /// Rounds over all (Services, path) pairs; the histograms of all rounds are merged.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    rounds: u16,
+    /// XDP attach mode passed to `xlb run`.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: String,
+    /// The CPU the client, the pod servers and the programmed path all run on.
+    #[arg(long, default_value_t = 0)]
+    cpu: usize,
+    /// CI smoke test: 1 and 100 Services, every path and kind, 300 transactions each; checks
+    /// that every transaction completes through every path, not speed.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for the JSON results.
+    #[arg(long, default_value = "target/xlb-bench")]
+    out: std::path::PathBuf,
+}
+
+#[derive(clap::Args)]
 struct DemoArgs {
     /// Connections to the VIP, and again to each edge's NodePort; UDP requests to the VIP.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -263,6 +312,7 @@ fn main() -> ExitCode {
         },
         Command::Gen(args) => finish("gen", gen_cmd(&args)),
         Command::Forward(args) => finish("forward", forward_cmd(&args)),
+        Command::Latency(args) => finish("latency", latency_cmd(&args)),
         Command::Micro(args) => finish("micro", micro_cmd(&args)),
         Command::Maglev(args) => finish("maglev", maglev_cmd(&args)),
         Command::Control(args) => finish("control", control_cmd(&args)),
@@ -302,6 +352,44 @@ fn gen_cmd(a: &GenArgs) -> Result<bool> {
     let path = scenarios::write_json(&t.out, "gen", &rep)?;
     out!("wrote {}", path.display());
     Ok(rep.runs.iter().all(|r| r.problems.is_empty()))
+}
+
+fn latency_cmd(a: &LatencyArgs) -> Result<bool> {
+    lab::install_interrupt_handler();
+    if !(a.max_seconds > 0.0 && a.max_seconds <= 600.0) {
+        anyhow::bail!("--max-seconds must be in (0, 600]");
+    }
+    let mut opts = latency::LatencyOptions {
+        paths: a.paths.clone(),
+        services: a.services.clone(),
+        kinds: a.kinds.clone(),
+        transactions: a.transactions,
+        warmup: a.warmup,
+        max_seconds: a.max_seconds,
+        timeout_ms: a.timeout_ms,
+        rounds: a.rounds as usize,
+        xdp_mode: a.xdp_mode.clone(),
+        cpu: a.cpu,
+    };
+    if a.quick {
+        opts.services = vec![1, 100];
+        opts.transactions = 300;
+        opts.warmup = 20;
+        opts.max_seconds = 30.0;
+    }
+    let rep = latency::run(&opts)?;
+    latency::print(&rep);
+    let name = if a.quick { "latency-quick" } else { "latency" };
+    let path = scenarios::write_json(&a.out, name, &rep)?;
+    out!("wrote {}", path.display());
+    let problems = rep.problems();
+    for p in &problems {
+        err!("problem: {p}");
+    }
+    if a.quick && problems.is_empty() {
+        out!("latency --quick: OK");
+    }
+    Ok(problems.is_empty())
 }
 
 fn micro_cmd(a: &OutArgs) -> Result<bool> {
@@ -415,7 +503,13 @@ fn forward_cmd(a: &ForwardArgs) -> Result<bool> {
     }
     let rep = forward::run(&opts)?;
     forward::print(&rep);
-    let name = if a.quick { "forward-quick" } else { "forward" };
+    // One file per mix, so a `--mix syn` run does not replace the established one.
+    let name = match (a.quick, t.mix) {
+        (true, _) => "forward-quick".to_string(),
+        (false, Mix::Established) => "forward".to_string(),
+        (false, mix) => format!("forward-{}", mix.name()),
+    };
+    let name = name.as_str();
     let path = scenarios::write_json(&t.out, name, &rep)?;
     out!("wrote {}", path.display());
     let problems = rep.problems();

@@ -180,20 +180,23 @@ pub fn services(lab: &Lab, n: u32, mix: Mix) -> (Vec<ServiceDef>, Vec<SvcPort>) 
 }
 
 /// Whatever keeps a path programmed while it is measured (dropped after).
-enum Setup<'lab> {
+pub(crate) enum Setup<'lab> {
     Xlb(Box<XlbProcess<'lab>>),
     Rules,
     Ceiling(Forwarder),
 }
 
-fn program<'lab>(
+/// Programs `path` on the single node of `lab` with `n` benchmark Services (every pod an
+/// endpoint); returns what keeps it programmed and a note on how it runs.
+pub(crate) fn program<'lab>(
     lab: &'lab Lab,
     path: Path,
     n: u32,
-    opts: &ForwardOptions,
+    mix: Mix,
+    xdp_mode: &str,
 ) -> Result<(Setup<'lab>, String)> {
     let node = lab.host(&lab.spec().nodes[0].name);
-    let (defs, ports) = services(lab, n, opts.mix);
+    let (defs, ports) = services(lab, n, mix);
     match path {
         Path::Xlb => {
             let set = ManifestSet {
@@ -202,7 +205,7 @@ fn program<'lab>(
             };
             let manifests = lab.write_manifests(&set)?;
             let mut xo = XlbOptions::new(node.name(), manifests.path());
-            xo.extra_args = vec!["--xdp-mode".into(), opts.xdp_mode.clone()];
+            xo.extra_args = vec!["--xdp-mode".into(), xdp_mode.into()];
             let mut xlb = XlbProcess::start(lab, &xo)?;
             let want = n as usize;
             let timeout = Duration::from_secs(60) + Duration::from_millis(100) * n;
@@ -266,8 +269,8 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
     }
     let sinks = Sinks { sinks };
     let t0 = Instant::now();
-    let (setup, note) =
-        program(&lab, path, n, opts).with_context(|| format!("programming {}", path.name()))?;
+    let (setup, note) = program(&lab, path, n, opts.mix, &opts.xdp_mode)
+        .with_context(|| format!("programming {}", path.name()))?;
     let setup_s = t0.elapsed().as_secs_f64();
     let (_, node_mac) = bpf::link_info(node, UPLINK)?;
     let (_, client_mac) = bpf::link_info(lab.client(), UPLINK)?;

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod forward;
 pub mod generator;
+pub mod latency;
 pub mod maglev;
 pub mod micro;
 pub mod profile;

@@ -1,6 +1,7 @@
 //! `xlb-bench report`: turns the scenarios' JSON into a generated section of
 //! `docs/benchmarks.md` (between two marker comments; the rest of the file is left as it is)
-//! and SVG charts next to it (`docs/bench/forward.svg`: packets/s against Services per path).
+//! and SVG charts next to it (`docs/bench/forward*.svg`: packets/s against Services per path,
+//! one per traffic mix; `docs/bench/latency-{rr,crr}.svg`: latency percentiles per path).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -55,6 +56,13 @@ fn machine_line(v: &Value) -> String {
     )
 }
 
+/// The forward scenario's files (one per mix) and the chart each gets.
+const FORWARD_FILES: [(&str, &str); 3] = [
+    ("forward", "forward.svg"),
+    ("forward-syn", "forward-syn.svg"),
+    ("forward-udp", "forward-udp.svg"),
+];
+
 /// The generated Markdown section (without the markers).
 pub fn markdown(dir: &Path) -> String {
     let mut md = String::new();
@@ -81,11 +89,17 @@ pub fn markdown(dir: &Path) -> String {
         }
         writeln!(md, "\nFaster here: **{}**.\n", s(&g, "faster")).unwrap();
     }
-    if let Some(fw) = read(dir, "forward") {
+    for (file, svg) in FORWARD_FILES {
+        let Some(fw) = read(dir, file) else { continue };
         let o = &fw["options"];
         writeln!(
             md,
-            "### Forwarding (`xlb-bench forward`)\n\n{}. Mix `{}`, {} flows, {} B frames, {} s windows, {} round(s), median; {} and {}.\n",
+            "### Forwarding, `{}` mix (`xlb-bench forward{}`)\n\n{}. Mix `{}`, {} flows, {} B frames, {} s windows, {} round(s), median; {} and {}.\n",
+            s(o, "mix"),
+            match s(o, "mix") {
+                "established" => String::new(),
+                m => format!(" --mix {m}"),
+            },
             machine_line(&fw),
             s(o, "mix"),
             o["flows"],
@@ -128,7 +142,10 @@ pub fn markdown(dir: &Path) -> String {
             )
             .unwrap();
         }
-        md.push_str("\n![packets/s against Services](bench/forward.svg)\n\n");
+        writeln!(md, "\n![packets/s against Services](bench/{svg})\n").unwrap();
+        if s(o, "mix") != "established" {
+            continue;
+        }
         md.push_str(concat!(
             "How: every measurement builds a fresh single-node lab (client — node-a — three pods, network namespaces, ",
             "198.18.0.0/15 only), attaches a count-and-drop XDP sink to every pod, programs the path, warms up, then ",
@@ -144,6 +161,9 @@ pub fn markdown(dir: &Path) -> String {
             "backends); the ceiling redirects in XDP and skips the stack. Remote backends (issue 3) will be measured ",
             "through the multi-node lab: edge node → tunnel → backend node's pods, sinks on those pods.\n\n",
         ));
+    }
+    if let Some(lat) = read(dir, "latency") {
+        latency_markdown(&mut md, &lat);
     }
     if let Some(c) = read(dir, "control") {
         control_markdown(&mut md, &c);
@@ -198,11 +218,189 @@ pub fn markdown(dir: &Path) -> String {
     md
 }
 
+const PATHS: [&str; 4] = ["xlb", "iptables", "nftables", "ceiling"];
+const COLORS: [&str; 4] = ["#1b9e77", "#d95f02", "#7570b3", "#888888"];
+
+/// The latency section: one table per transaction kind.
+fn latency_markdown(md: &mut String, lat: &Value) {
+    let o = &lat["options"];
+    writeln!(
+        md,
+        "### Latency (`xlb-bench latency`)\n\n{}. {} transactions per run after {} untimed, {} round(s) merged, everything on one CPU; microseconds.\n",
+        machine_line(lat),
+        o["transactions"],
+        o["warmup"],
+        o["rounds"],
+    )
+    .unwrap();
+    let summary = lat["summary"].as_array().cloned().unwrap_or_default();
+    for (kind, what) in [
+        ("rr", "request and reply on an established connection"),
+        (
+            "crr",
+            "a new connection per request: connect, greeting, reset",
+        ),
+    ] {
+        let rows: Vec<&Value> = summary.iter().filter(|r| r["kind"] == kind).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        writeln!(md, "`{kind}`: {what}.\n").unwrap();
+        md.push_str("| Services | path | p50 | p99 | p99.9 | p50 − ceiling p50 |\n| ---: | --- | ---: | ---: | ---: | ---: |\n");
+        for r in &rows {
+            let l = &r["latency"];
+            let ceiling = rows
+                .iter()
+                .find(|c| c["path"] == "ceiling" && c["services"] == r["services"])
+                .map(|c| f(&c["latency"], "p50_us"));
+            writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {} |",
+                r["services"],
+                s(r, "path"),
+                f(l, "p50_us"),
+                f(l, "p99_us"),
+                f(l, "p999_us"),
+                match ceiling {
+                    Some(c) if s(r, "path") != "ceiling" => format!("{:+.1}", f(l, "p50_us") - c),
+                    _ => "-".into(),
+                }
+            )
+            .unwrap();
+        }
+        writeln!(
+            md,
+            "\n![{kind} latency percentiles](bench/latency-{kind}.svg)\n"
+        )
+        .unwrap();
+    }
+    md.push_str(concat!(
+        "How: every (Services, path) pair gets a fresh single-node lab programmed as for `forward`; the client ",
+        "(source 198.18.128.1) talks to the pod servers through the path with real TCP sockets, one transaction ",
+        "outstanding at a time, timed from the first byte sent to the last byte read. `rr` spreads its ",
+        "transactions over 8 established connections; `crr` opens each connection to a Service drawn at random, so ",
+        "a linear rule walk shows as its mean. For the ceiling the pods hold the VIPs as local addresses (it does ",
+        "not rewrite). The pod servers are threads of xlb-bench, the same for every path.\n\n",
+    ));
+}
+
+/// Bars of p50 per path and Services for one transaction kind, with a whisker up to p99 and a
+/// tick at p99.9; `None` without data for the kind.
+pub fn latency_svg(lat: &Value, kind: &str) -> Option<String> {
+    let rows: Vec<Value> = lat["summary"]
+        .as_array()?
+        .iter()
+        .filter(|r| r["kind"] == kind)
+        .cloned()
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let mut ns: Vec<u64> = rows.iter().filter_map(|r| r["services"].as_u64()).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let max = rows
+        .iter()
+        .map(|r| f(&r["latency"], "p99_us"))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let (w, h, l, r, t, b) = (640.0, 360.0, 70.0, 130.0, 30.0, 50.0);
+    let group = (w - l - r) / ns.len() as f64;
+    let bar = group * 0.8 / PATHS.len() as f64;
+    let ly = |v: f64| h - b - v.min(max) / max * (h - t - b);
+    let mut svg = String::new();
+    writeln!(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">").unwrap();
+    writeln!(svg, "<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>").unwrap();
+    writeln!(svg, "<text x=\"{l}\" y=\"18\">{kind} latency, µs: bar p50, whisker p99, tick p99.9 (clipped)</text>").unwrap();
+    writeln!(
+        svg,
+        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        h - b,
+        w - r,
+        h - b
+    )
+    .unwrap();
+    writeln!(
+        svg,
+        "<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>",
+        h - b
+    )
+    .unwrap();
+    for k in 0..=4 {
+        let v = max * k as f64 / 4.0;
+        writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+            l - 6.0,
+            ly(v) + 4.0
+        )
+        .unwrap();
+    }
+    for (g, &n) in ns.iter().enumerate() {
+        let x0 = l + group * g as f64 + group * 0.1;
+        writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{n}</text>",
+            l + group * (g as f64 + 0.5),
+            h - b + 18.0
+        )
+        .unwrap();
+        for (i, p) in PATHS.iter().enumerate() {
+            let Some(row) = rows
+                .iter()
+                .find(|r| r["path"] == *p && r["services"].as_u64() == Some(n))
+            else {
+                continue;
+            };
+            let lv = &row["latency"];
+            let x = x0 + bar * i as f64;
+            let cx = x + bar / 2.0;
+            writeln!(
+                svg,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>",
+                ly(f(lv, "p50_us")),
+                bar * 0.9,
+                h - b - ly(f(lv, "p50_us")),
+                COLORS[i]
+            )
+            .unwrap();
+            writeln!(
+                svg,
+                "<line x1=\"{cx:.1}\" y1=\"{:.1}\" x2=\"{cx:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+                ly(f(lv, "p50_us")),
+                ly(f(lv, "p99_us"))
+            )
+            .unwrap();
+            writeln!(
+                svg,
+                "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+                cx - bar * 0.3,
+                ly(f(lv, "p999_us")),
+                cx + bar * 0.3,
+                ly(f(lv, "p999_us"))
+            )
+            .unwrap();
+        }
+    }
+    writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">Services programmed</text>",
+        (l + w - r) / 2.0,
+        h - 10.0
+    )
+    .unwrap();
+    for (i, p) in PATHS.iter().enumerate() {
+        let ty = t + 20.0 + 18.0 * i as f64;
+        writeln!(svg, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{p}</text>", w - r + 15.0, ty - 10.0, COLORS[i], w - r + 32.0, ty).unwrap();
+    }
+    svg.push_str("</svg>\n");
+    Some(svg)
+}
+
 /// An SVG line chart of delivered packets/s against Services (log scale) per path.
 pub fn forward_svg(fw: &Value) -> String {
     let meds = fw["medians"].as_array().cloned().unwrap_or_default();
-    let paths = ["xlb", "iptables", "nftables", "ceiling"];
-    let colors = ["#1b9e77", "#d95f02", "#7570b3", "#888888"];
+    let (paths, colors) = (PATHS, COLORS);
     let ns: Vec<u64> = fw["options"]["services"]
         .as_array()
         .into_iter()
@@ -437,10 +635,20 @@ pub fn write(dir: &Path, doc: &Path) -> Result<()> {
         _ => format!("{}\n{block}", old.trim_end()),
     };
     std::fs::write(doc, new).with_context(|| format!("writing {}", doc.display()))?;
-    if let Some(fw) = read(dir, "forward") {
-        let charts = doc.parent().unwrap_or(Path::new(".")).join("bench");
+    let charts = doc.parent().unwrap_or(Path::new(".")).join("bench");
+    for (file, svg) in FORWARD_FILES {
+        if let Some(fw) = read(dir, file) {
+            std::fs::create_dir_all(&charts)?;
+            std::fs::write(charts.join(svg), forward_svg(&fw))?;
+        }
+    }
+    if let Some(lat) = read(dir, "latency") {
         std::fs::create_dir_all(&charts)?;
-        std::fs::write(charts.join("forward.svg"), forward_svg(&fw))?;
+        for kind in ["rr", "crr"] {
+            if let Some(svg) = latency_svg(&lat, kind) {
+                std::fs::write(charts.join(format!("latency-{kind}.svg")), svg)?;
+            }
+        }
     }
     Ok(())
 }
@@ -480,6 +688,43 @@ mod tests {
         assert!(text.contains("| 1000 | 0.300 | 0.100 |"));
         let svg = std::fs::read_to_string(dir.join("bench/forward.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn latency_tables_compare_with_the_ceiling() {
+        let dir = std::env::temp_dir().join(format!("xlb-report-lat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let row = |path: &str, n: u64, kind: &str, p50: f64| {
+            serde_json::json!({"path": path, "services": n, "kind": kind,
+                "latency": {"count": 10, "mean_us": p50, "p50_us": p50, "p90_us": p50, "p99_us": p50 * 2.0, "p999_us": p50 * 3.0, "max_us": p50 * 4.0}})
+        };
+        let lat = serde_json::json!({
+            "machine": {"cpus": 2, "cpu_model": "x", "memory_gib": 24.0, "kernel": "6.18", "unix_time": 0},
+            "options": {"transactions": 10, "warmup": 1, "rounds": 1},
+            "summary": [row("xlb", 1, "crr", 70.0), row("ceiling", 1, "crr", 65.5), row("iptables", 10000, "crr", 900.0)],
+        });
+        std::fs::write(dir.join("latency.json"), lat.to_string()).unwrap();
+        let doc = dir.join("benchmarks.md");
+        write(&dir, &doc).unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        assert!(
+            text.contains("| 1 | xlb | 70.0 | 140.0 | 210.0 | +4.5 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 1 | ceiling | 65.5 | 131.0 | 196.5 | - |"),
+            "{text}"
+        );
+        // No ceiling at 10,000 Services: no difference to show.
+        assert!(
+            text.contains("| 10000 | iptables | 900.0 | 1800.0 | 2700.0 | - |"),
+            "{text}"
+        );
+        assert!(!text.contains("`rr`:"), "no rr rows, no rr table: {text}");
+        let svg = std::fs::read_to_string(dir.join("bench/latency-crr.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.matches("<rect").count() >= 3 + 4);
+        assert!(!dir.join("bench/latency-rr.svg").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
