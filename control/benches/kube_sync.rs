@@ -155,10 +155,11 @@ fn latency(services: usize, endpoints: usize, changes: usize, table_size: u32) {
             match source.poll(timeout) {
                 Poll::Changed { changes, since, .. } => {
                     let t = Instant::now();
-                    let plan = compiler.update(source.state(), &node, &changes);
+                    compiler.update(source.state(), &node, &changes);
                     let compiled = t.elapsed();
+                    let plan = compiler.plan();
                     reconcile::check_capacity(plan).unwrap();
-                    rec.apply(plan).unwrap();
+                    rec.apply_changed(plan, compiler.last_touched()).unwrap();
                     let _ = since;
                     Some((compiled, t.elapsed() - compiled))
                 }

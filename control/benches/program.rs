@@ -1,10 +1,13 @@
 //! Time to program N Services × 10 endpoints from scratch through the real path (manifest
 //! parse → compile → reconcile into private maps), the cost of a no-change resync, and of
-//! one EndpointSlice change (`cargo bench -p xlb --bench program [-- N]`; needs root).
+//! one EndpointSlice change through `xlb run`'s incremental path (state diff → incremental
+//! compile → apply of the touched Service ports) (`cargo bench -p xlb --bench program [-- N]`;
+//! needs root).
 use std::time::{Duration, Instant};
 
 use xlb::{
-    compile::compile,
+    cluster::ClusterState,
+    compile::{Compiler, compile},
     loader::{self, LoadOptions, Loaded},
     manifest,
     plan::NodeIdentity,
@@ -88,9 +91,17 @@ fn main() {
     println!("  apply (from empty)  {apply:>12.3?}");
     println!("  resync (no change)  {resync:>12.3?}");
 
-    // One endpoint of one Service changes: compile + apply, as `xlb run` does on a change.
+    // One endpoint of one Service changes: diff the state, compile what changed, apply the
+    // touched Service ports, as `xlb run` does on a change of its manifests.
+    let mut cluster = ClusterState::new();
+    cluster.replace_all(state).unwrap();
+    let changes = cluster.take_changes();
+    let mut compiler = Compiler::new();
+    compiler.update(&cluster, &node, &changes);
+    assert!(rec.apply(compiler.plan()).unwrap().is_empty());
     let rounds = 20;
-    let mut lat = Vec::new();
+    let (mut lat, mut full) = (Vec::new(), Vec::new());
+    let mut stages: [Vec<Duration>; 3] = Default::default();
     for r in 0..rounds {
         let state = manifest::load_str(
             std::path::Path::new("bench.yaml"),
@@ -99,15 +110,41 @@ fn main() {
         .unwrap()
         .state;
         let t = Instant::now();
-        let plan = compile(&state, &node);
-        let report = rec.apply(&plan).unwrap();
+        cluster.replace_all(state).unwrap();
+        let changes = cluster.take_changes();
+        let t1 = Instant::now();
+        compiler.update(&cluster, &node, &changes);
+        let t2 = Instant::now();
+        let report = rec
+            .apply_changed(compiler.plan(), compiler.last_touched())
+            .unwrap();
         lat.push(t.elapsed());
+        stages[0].push(t1 - t);
+        stages[1].push(t2 - t1);
+        stages[2].push(t2.elapsed());
         // This round's change, plus undoing the previous round's.
         assert!((1..=2).contains(&report.tables_swapped), "{report:?}");
+        // The baseline, in the same run: a full apply of the same plan, which rebuilds and
+        // compares every table (what every change cost before `apply_changed`), here finding
+        // nothing left to write.
+        let t = Instant::now();
+        assert!(rec.apply(compiler.plan()).unwrap().is_empty());
+        full.push(t.elapsed());
     }
+    let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+    let (f50, f99) = (percentile(&mut full, 0.5), percentile(&mut full, 0.99));
     println!(
-        "  one endpoint change: compile + apply p50 {:.3?}, p99 {:.3?} ({rounds} changes)",
-        percentile(&mut lat, 0.5),
-        percentile(&mut lat, 0.99)
+        "  one endpoint change: state diff + compile + apply_changed p50 {p50:.3?}, p99 {p99:.3?} ({rounds} changes)"
+    );
+    let [diff, upd, app] = &mut stages;
+    println!(
+        "    of which (p50): state diff {:.3?}, compile {:.3?}, apply_changed {:.3?}",
+        percentile(diff, 0.5),
+        percentile(upd, 0.5),
+        percentile(app, 0.5)
+    );
+    println!(
+        "  baseline: full apply (every table rebuilt and compared) p50 {f50:.3?}, p99 {f99:.3?}; ratio p50 {:.3}",
+        p50.as_secs_f64() / f50.as_secs_f64()
     );
 }

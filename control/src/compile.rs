@@ -92,6 +92,9 @@ pub struct Compiler {
     by_node: BTreeMap<String, BTreeSet<ObjectKey>>,
     /// How many Services the last update compiled (for logs and tests).
     last_compiled: usize,
+    /// The Service ports whose plan entry the last update wrote; `None` when it rebuilt the
+    /// whole plan.
+    touched: Option<BTreeSet<ServicePortKey>>,
 }
 
 /// A datapath frontend key: address (`None` = NodePort on every local address), port, protocol.
@@ -160,6 +163,14 @@ impl Compiler {
         self.last_compiled
     }
 
+    /// The Service ports whose plan entry the last update (re)wrote, or `None` if it rebuilt
+    /// the whole plan. Every other entry of [`Compiler::plan`] is the very one the update
+    /// before left, which lets the reconciler skip rebuilding its Maglev table
+    /// ([`crate::reconcile::Reconciler::apply_changed`]).
+    pub fn last_touched(&self) -> Option<&BTreeSet<ServicePortKey>> {
+        self.touched.as_ref()
+    }
+
     /// Brings the plan up to date with `state`, given what changed since the last update.
     pub fn update(
         &mut self,
@@ -195,6 +206,11 @@ impl Compiler {
             }
         }
         self.node = Some(node.clone());
+        self.touched = if everything {
+            None
+        } else {
+            Some(BTreeSet::new())
+        };
 
         // Forget what the dirty Services held; note the frontends they claimed.
         let mut contested: BTreeSet<Claim> = BTreeSet::new();
@@ -404,6 +420,9 @@ impl Compiler {
             }
             plan.frontends = kept;
             compiled.planned.push(key.clone());
+            if let Some(touched) = &mut self.touched {
+                touched.insert(key.clone());
+            }
             self.plan.services.insert(key, plan);
         }
         compiled

@@ -66,13 +66,19 @@ pub fn match_services<'a>(
     snap: &'a Snapshot,
     pattern: &str,
 ) -> anyhow::Result<Vec<&'a ServiceSnapshot>> {
-    let exact: Vec<_> = snap.services.iter().filter(|s| s.name == pattern).collect();
+    let exact: Vec<&ServiceSnapshot> = snap
+        .services
+        .iter()
+        .map(|s| &**s)
+        .filter(|s| s.name == pattern)
+        .collect();
     if !exact.is_empty() {
         return Ok(exact);
     }
-    let found: Vec<_> = snap
+    let found: Vec<&ServiceSnapshot> = snap
         .services
         .iter()
+        .map(|s| &**s)
         .filter(|s| {
             let prefixed = s
                 .name
@@ -531,10 +537,10 @@ mod tests {
     fn service_patterns() {
         let snap = Snapshot {
             services: vec![
-                svc("default/web:http/TCP"),
-                svc("default/web:udp/UDP"),
-                svc("other/web/TCP"),
-                svc("default/webby/TCP"),
+                svc("default/web:http/TCP").into(),
+                svc("default/web:udp/UDP").into(),
+                svc("other/web/TCP").into(),
+                svc("default/webby/TCP").into(),
             ],
         };
         let names = |p: &str| -> Vec<String> {

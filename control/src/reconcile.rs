@@ -9,8 +9,9 @@
 //! On start the reconciler adopts what the maps hold (ids, tables), so a restarted `xlb run`
 //! rewrites nothing that did not change and keeps every established flow.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use anyhow::{Context as _, bail};
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{Maps, src_range_key},
-    plan::{BackendState, DatapathPlan, FrontendKind},
+    plan::{BackendState, DatapathPlan, FrontendKind, ServicePortKey},
     table_map,
 };
 
@@ -50,7 +51,9 @@ impl ApplyReport {
 /// Names and ids of what is programmed, written to the state file for the CLI.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
-    pub services: Vec<ServiceSnapshot>,
+    /// Shared with the reconciler's per-port cache and the metrics' copy: a generation that
+    /// touches one Service port copies pointers, not 10,000 Services' backends.
+    pub services: Vec<Arc<ServiceSnapshot>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +104,9 @@ pub struct Reconciler {
     svc_backends: HashSet<(u32, u32)>,
     config: Config,
     snapshot: Snapshot,
+    /// Each Service port's part of the snapshot, kept so that an apply rebuilds only the
+    /// touched ones (counting slots is a pass over the table).
+    snapshot_parts: HashMap<ServicePortKey, Arc<ServiceSnapshot>>,
 }
 
 impl Reconciler {
@@ -171,6 +177,7 @@ impl Reconciler {
             svc_backends,
             config,
             snapshot: Snapshot::default(),
+            snapshot_parts: HashMap::new(),
         })
     }
 
@@ -181,6 +188,25 @@ impl Reconciler {
     /// Makes the maps hold `plan`. On error, what was written so far is consistent (every step
     /// leaves a valid datapath) and the next `apply` completes it.
     pub fn apply(&mut self, plan: &DatapathPlan) -> anyhow::Result<ApplyReport> {
+        self.apply_changed(plan, None)
+    }
+
+    /// [`Reconciler::apply`] for a plan of which only the Service ports in `touched` may have
+    /// changed since the previous apply (`None`: any may have; what
+    /// [`crate::compile::Compiler::last_touched`] reports). The Maglev tables (and the
+    /// snapshot) of the others are not rebuilt and compared: that is a pass over M slots per
+    /// Service port, which made every change cost O(Services × M). Everything else is still
+    /// compared in full, so a wrong `touched` can only leave a stale table, never a dangling
+    /// reference; a port's table is rebuilt anyway if its id has no table recorded.
+    ///
+    /// Sound because an untouched port keeps its Service id (its frontends carry it) and its
+    /// backends keep their ids (an id is released only when no planned port uses it).
+    pub fn apply_changed(
+        &mut self,
+        plan: &DatapathPlan,
+        touched: Option<&BTreeSet<ServicePortKey>>,
+    ) -> anyhow::Result<ApplyReport> {
+        let unchanged = |key: &ServicePortKey| touched.is_some_and(|t| !t.contains(key));
         let mut report = ApplyReport::default();
 
         // 1. Local addresses (NodePort matching): add now, remove at the end.
@@ -197,6 +223,13 @@ impl Reconciler {
         // 2. Backends: every backend of the plan gets a stable id and an up-to-date record.
         let mut wanted_backends = HashSet::new();
         for (svc_key, svc) in &plan.services {
+            // An unchanged port's backends have the records and ids its snapshot part shows.
+            if unchanged(svc_key)
+                && let Some(part) = self.snapshot_parts.get(svc_key)
+            {
+                wanted_backends.extend(part.backends.iter().map(|b| b.backend_id));
+                continue;
+            }
             let proto = svc_key.protocol.number();
             for b in &svc.backends {
                 let key = (be(b.addr), b.port.to_be(), proto);
@@ -258,6 +291,9 @@ impl Reconciler {
         let mut swaps = Vec::new();
         for (key, svc) in &plan.services {
             let sid = service_ids[key];
+            if unchanged(key) && self.tables.contains_key(&sid) {
+                continue;
+            }
             // Backend index → id once per backend, then a plain index per slot (a hash lookup
             // per slot made every apply cost service ports × M lookups).
             let ids: Vec<u32> = svc
@@ -296,12 +332,25 @@ impl Reconciler {
         let mut want_members = HashSet::new();
         for (key, svc) in &plan.services {
             let sid = service_ids[key];
+            if unchanged(key)
+                && let Some(part) = self.snapshot_parts.get(key)
+                && part.service_id == sid
+            {
+                let live = part.backends.iter().filter(|b| b.weight > 0);
+                want_members.extend(live.map(|b| (sid, b.backend_id)));
+                continue;
+            }
             for b in svc.backends.iter().filter(|b| b.weight > 0) {
                 let id = self.backend_ids[&(be(b.addr), b.port.to_be(), key.protocol.number())];
                 want_members.insert((sid, id));
             }
         }
-        for m in self.svc_backends.clone().difference(&want_members) {
+        let gone: Vec<(u32, u32)> = self
+            .svc_backends
+            .difference(&want_members)
+            .copied()
+            .collect();
+        for m in &gone {
             let k = SvcBackendKey {
                 service_id: m.0,
                 backend_id: m.1,
@@ -310,7 +359,11 @@ impl Reconciler {
                 .context("removing from XLB_SVC_BACKENDS")?;
             self.svc_backends.remove(m);
         }
-        for m in want_members.difference(&self.svc_backends.clone()) {
+        let new: Vec<(u32, u32)> = want_members
+            .difference(&self.svc_backends)
+            .copied()
+            .collect();
+        for m in &new {
             let k = SvcBackendKey {
                 service_id: m.0,
                 backend_id: m.1,
@@ -423,7 +476,7 @@ impl Reconciler {
         report.backends_released = released;
         report.backends_draining = draining;
 
-        self.snapshot = self.build_snapshot(plan, &service_ids);
+        self.snapshot = self.build_snapshot(plan, &service_ids, &unchanged);
         Ok(report)
     }
 
@@ -518,67 +571,85 @@ impl Reconciler {
             .context("no free backend id: XLB_BACKENDS is full")
     }
 
+    /// The snapshot of `plan`, reusing the parts of the ports `unchanged` says are unchanged.
     fn build_snapshot(
-        &self,
+        &mut self,
         plan: &DatapathPlan,
-        ids: &BTreeMap<&crate::plan::ServicePortKey, u32>,
+        ids: &BTreeMap<&ServicePortKey, u32>,
+        unchanged: &dyn Fn(&ServicePortKey) -> bool,
     ) -> Snapshot {
-        let services = plan
-            .services
-            .iter()
-            .map(|(key, svc)| {
-                let proto = key.protocol.number();
-                let mut slots = vec![0u32; svc.backends.len()];
-                for &i in &svc.table {
-                    if i != NO_BACKEND {
-                        slots[i as usize] += 1;
-                    }
+        self.snapshot_parts
+            .retain(|k, _| plan.services.contains_key(k));
+        let mut services = Vec::with_capacity(plan.services.len());
+        for (key, svc) in &plan.services {
+            match self.snapshot_parts.get(key) {
+                Some(part) if unchanged(key) && part.service_id == ids[key] => {
+                    services.push(Arc::clone(part));
                 }
-                ServiceSnapshot {
-                    name: key.to_string(),
-                    protocol: key.protocol.as_str().to_string(),
-                    service_id: ids[key],
-                    table_size: svc.table_size,
-                    frontends: svc
-                        .frontends
-                        .iter()
-                        .map(|f| FrontendSnapshot {
-                            addr: f.addr,
-                            port: f.port,
-                            kind: match f.kind {
-                                FrontendKind::LoadBalancer => "LoadBalancer",
-                                FrontendKind::NodePort => "NodePort",
-                                FrontendKind::ExternalIp => "ExternalIP",
-                            }
-                            .to_string(),
-                            frontend_id: self.frontends[&frontend_key(f.addr, f.port, proto)]
-                                .frontend_id,
-                        })
-                        .collect(),
-                    backends: svc
-                        .backends
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| BackendSnapshot {
-                            addr: b.addr,
-                            port: b.port,
-                            node: b.node_name.clone(),
-                            local: b.local,
-                            weight: b.weight,
-                            state: match (b.state, b.weight) {
-                                (BackendState::Ready, 0) => "draining",
-                                (BackendState::Ready, _) => "ready",
-                                (BackendState::Terminating, _) => "terminating",
-                            }
-                            .to_string(),
-                            backend_id: self.backend_ids[&(be(b.addr), b.port.to_be(), proto)],
-                            slots: slots[i],
-                        })
-                        .collect(),
+                _ => {
+                    let part = Arc::new(self.service_snapshot(key, svc, ids[key]));
+                    self.snapshot_parts.insert(key.clone(), Arc::clone(&part));
+                    services.push(part);
                 }
-            })
-            .collect();
+            }
+        }
         Snapshot { services }
+    }
+
+    fn service_snapshot(
+        &self,
+        key: &ServicePortKey,
+        svc: &crate::plan::ServicePlan,
+        service_id: u32,
+    ) -> ServiceSnapshot {
+        let proto = key.protocol.number();
+        let mut slots = vec![0u32; svc.backends.len()];
+        for &i in &svc.table {
+            if i != NO_BACKEND {
+                slots[i as usize] += 1;
+            }
+        }
+        ServiceSnapshot {
+            name: key.to_string(),
+            protocol: key.protocol.as_str().to_string(),
+            service_id,
+            table_size: svc.table_size,
+            frontends: svc
+                .frontends
+                .iter()
+                .map(|f| FrontendSnapshot {
+                    addr: f.addr,
+                    port: f.port,
+                    kind: match f.kind {
+                        FrontendKind::LoadBalancer => "LoadBalancer",
+                        FrontendKind::NodePort => "NodePort",
+                        FrontendKind::ExternalIp => "ExternalIP",
+                    }
+                    .to_string(),
+                    frontend_id: self.frontends[&frontend_key(f.addr, f.port, proto)].frontend_id,
+                })
+                .collect(),
+            backends: svc
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| BackendSnapshot {
+                    addr: b.addr,
+                    port: b.port,
+                    node: b.node_name.clone(),
+                    local: b.local,
+                    weight: b.weight,
+                    state: match (b.state, b.weight) {
+                        (BackendState::Ready, 0) => "draining",
+                        (BackendState::Ready, _) => "ready",
+                        (BackendState::Terminating, _) => "terminating",
+                    }
+                    .to_string(),
+                    backend_id: self.backend_ids[&(be(b.addr), b.port.to_be(), proto)],
+                    slots: slots[i],
+                })
+                .collect(),
+        }
     }
 }
 

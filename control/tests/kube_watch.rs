@@ -118,11 +118,15 @@ impl Harness {
     }
 
     fn program(&mut self, changes: &Changes) {
-        let plan = self
-            .compiler
+        self.compiler
             .update(self.source.state(), &self.node, changes);
+        let plan = self.compiler.plan();
         reconcile::check_capacity(plan).unwrap();
-        let report = self.rec.apply(plan).expect("apply");
+        // As `xlb run` does: only the touched Service ports' tables are rebuilt.
+        let report = self
+            .rec
+            .apply_changed(plan, self.compiler.last_touched())
+            .expect("apply");
         self.reports.push(report);
     }
 
