@@ -45,11 +45,13 @@ pub trait ConfigSource {
     fn describe(&self) -> String;
 }
 
-/// Manifest files, polled by fingerprint (see [`manifest`]).
+/// Manifest files, polled by fingerprint (see [`manifest`]); a change re-parses only the files
+/// that changed.
 pub struct ManifestSource {
     path: PathBuf,
     state: ClusterState,
     last: Option<manifest::Fingerprint>,
+    cache: manifest::ManifestCache,
 }
 
 impl ManifestSource {
@@ -58,6 +60,7 @@ impl ManifestSource {
             path,
             state: ClusterState::new(),
             last: None,
+            cache: manifest::ManifestCache::new(),
         }
     }
 }
@@ -84,7 +87,7 @@ impl ConfigSource for ManifestSource {
         }
         // Taken before loading: a change racing with the load is seen on the next poll.
         self.last = fp.ok();
-        match manifest::load(&self.path) {
+        match manifest::load_cached(&self.path, &mut self.cache) {
             Ok(loaded) => {
                 if let Err(e) = self.state.replace_all(loaded.state) {
                     return Poll::Failed(e.to_string());

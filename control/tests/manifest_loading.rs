@@ -445,3 +445,70 @@ fn fingerprint_changes_with_the_manifest_set() {
     );
     assert!(manifest::fingerprint(&tmp.0.join("gone.yaml")).is_err());
 }
+
+/// A Service and its EndpointSlice with `n` endpoints, as one file's text.
+fn service_text(name: &str, n: u8) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  type: LoadBalancer\n  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-a, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+    );
+    for i in 0..n {
+        y.push_str(&format!("- {{addresses: [\"198.18.1.{}\"]}}\n", 10 + i));
+    }
+    y
+}
+
+#[test]
+fn cached_reload_parses_only_changed_files_and_equals_a_full_load() {
+    let tmp = TempDir::new("cache");
+    let dir = &tmp.0;
+    for (name, n) in [("a", 1), ("b", 2), ("c", 3)] {
+        fs::write(dir.join(format!("{name}.yaml")), service_text(name, n)).unwrap();
+    }
+    let mut cache = manifest::ManifestCache::new();
+    let check = |cache: &mut manifest::ManifestCache, parsed: usize| {
+        let cached = manifest::load_cached(dir, cache).unwrap();
+        assert_eq!(cached, manifest::load(dir).unwrap());
+        assert_eq!(cache.last_parsed(), parsed, "files parsed");
+        assert_eq!(cache.len(), cached.files.len());
+        cached
+    };
+    assert_eq!(check(&mut cache, 3).state.services().count(), 3);
+    // Nothing changed: nothing parsed.
+    check(&mut cache, 0);
+    // One file changes (size), one is replaced by a rename with the same size (new inode).
+    fs::write(dir.join("b.yaml"), service_text("b", 4)).unwrap();
+    fs::write(
+        dir.join(".tmp"),
+        service_text("c", 3).replace("198.18.1.10", "198.18.1.90"),
+    )
+    .unwrap();
+    fs::rename(dir.join(".tmp"), dir.join("c.yaml")).unwrap();
+    check(&mut cache, 2);
+    // A new file, then a removed one.
+    fs::write(dir.join("d.yaml"), service_text("d", 1)).unwrap();
+    assert_eq!(check(&mut cache, 1).state.services().count(), 4);
+    fs::remove_file(dir.join("a.yaml")).unwrap();
+    assert_eq!(check(&mut cache, 0).state.services().count(), 3);
+    // A broken file fails the load and leaves the cache as the last good load left it.
+    fs::write(dir.join("b.yaml"), "kind: [unclosed\n").unwrap();
+    let err = manifest::load_cached(dir, &mut cache).unwrap_err();
+    assert!(err.to_string().contains("b.yaml"), "{err}");
+    assert_eq!(cache.len(), 3);
+    fs::write(dir.join("b.yaml"), service_text("b", 2)).unwrap();
+    check(&mut cache, 1);
+    // A later file redefining an object wins and is warned about, cached or not.
+    fs::write(dir.join("e.yaml"), service_text("d", 2)).unwrap();
+    let loaded = check(&mut cache, 1);
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("defined again")),
+        "{:?}",
+        loaded.warnings
+    );
+    fs::write(dir.join("f.yaml"), "").unwrap();
+    let again = check(&mut cache, 1);
+    assert_eq!(again.warnings, loaded.warnings);
+}
