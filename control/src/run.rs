@@ -1,5 +1,6 @@
 //! `xlb run` and `xlb down`: the process that keeps the datapath programmed.
 use std::{
+    collections::BTreeSet,
     fs,
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
@@ -137,6 +138,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut pending = Changes::default();
     // When the last attempt failed; the Kubernetes source retries after RETRY_AFTER.
     let mut failed_at: Option<Instant> = None;
+    // The plan's warnings as last logged.
+    let mut warned: BTreeSet<String> = BTreeSet::new();
     while !STOP.load(Ordering::SeqCst) {
         status.heartbeat();
         let since = match source.poll(Duration::from_millis(args.poll_ms)) {
@@ -200,8 +203,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                         local_addrs_changed = report.local_addrs_changed,
                         "programmed"
                     );
-                    for w in &plan.warnings {
+                    // Each warning once, when it appears (the plan repeats them every
+                    // generation while the input stays wrong), and a note when it is gone.
+                    let (new, resolved) = warning_changes(&mut warned, &plan.warnings);
+                    for w in new {
                         tracing::warn!(generation, "{w}");
+                    }
+                    for w in resolved {
+                        tracing::info!(generation, "resolved: {w}");
                     }
                     for message in health.update(&plan.health_check_node_ports) {
                         tracing::warn!("{message}");
@@ -233,6 +242,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.ifaces.join(" --iface ")
     );
     Ok(())
+}
+
+/// Updates `shown` to `now` and returns the warnings that are new and those that are gone.
+fn warning_changes(shown: &mut BTreeSet<String>, now: &[String]) -> (Vec<String>, Vec<String>) {
+    let now: BTreeSet<String> = now.iter().cloned().collect();
+    let new = now.difference(shown).cloned().collect();
+    let resolved = shown.difference(&now).cloned().collect();
+    *shown = now;
+    (new, resolved)
 }
 
 /// Compile what changed → apply → publish names for the CLI.
@@ -313,4 +331,28 @@ pub fn down(args: &DownArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_reported_once_and_their_resolution_too() {
+        let mut shown = BTreeSet::new();
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            warning_changes(&mut shown, &w(&["a", "b"])),
+            (w(&["a", "b"]), w(&[]))
+        );
+        assert_eq!(
+            warning_changes(&mut shown, &w(&["b", "a"])),
+            (w(&[]), w(&[]))
+        );
+        assert_eq!(
+            warning_changes(&mut shown, &w(&["b", "c"])),
+            (w(&["c"]), w(&["a"]))
+        );
+        assert_eq!(warning_changes(&mut shown, &[]), (w(&[]), w(&["b", "c"])));
+    }
 }
