@@ -4,33 +4,19 @@
 //! pinned maps. It checks that every Service and every change arrives, not speed.
 //! Needs root and the release `xlb` binary (scripts/test.sh builds it).
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 #[test]
 fn control_quick_sees_every_service_and_change() {
-    let out = std::env::temp_dir().join(format!("xlb-bench-control-quick-{}", std::process::id()));
-    let start = Instant::now();
-    let run = Command::new(env!("CARGO_BIN_EXE_xlb-bench"))
-        .args(["control", "--quick", "--out"])
-        .arg(&out)
-        .output()
-        .expect("running xlb-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let run = common::run_quick("control", &[], "control-quick");
     assert!(
-        run.status.success(),
-        "xlb-bench control --quick failed ({}):\n{stdout}\n{stderr}",
-        run.status
-    );
-    assert!(stdout.contains("control --quick: OK"), "{stdout}");
-    assert!(
-        start.elapsed() < Duration::from_secs(60),
+        run.elapsed < Duration::from_secs(60),
         "took {:?}",
-        start.elapsed()
+        run.elapsed
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("control-quick.json")).unwrap()).unwrap();
+    let json = run.json;
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "1 and 100 Services");
     for (r, n) in runs.iter().zip([1u64, 100]) {
@@ -61,26 +47,6 @@ fn control_quick_sees_every_service_and_change() {
             }
         }
     }
-    // Nothing of the labs is left behind (the scenario itself checks that each run's pin
-    // directory is gone after `xlb down`).
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("xlblab-{}-", run_pid(&stderr))))
-        .collect();
-    assert!(left.is_empty(), "namespaces left: {left:?}");
-    std::fs::remove_dir_all(&out).ok();
-}
-
-/// The pid in the lab namespace names the run printed (`xlblab-<pid>-...`), or a pid no
-/// namespace can carry.
-fn run_pid(stderr: &str) -> String {
-    stderr
-        .split("xlblab-")
-        .nth(1)
-        .and_then(|r| r.split('-').next())
-        .unwrap_or("none")
-        .to_string()
+    // (run_quick checked that no lab namespace is left; the scenario itself checks that each
+    // run's pin directory is gone after `xlb down`.)
 }

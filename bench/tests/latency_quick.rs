@@ -5,26 +5,17 @@
 //! over every pod, and that the percentiles are consistent; not speed.
 //! Needs root and the release `xlb` binary (scripts/test.sh builds it).
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn latency_quick_completes_every_transaction() {
-    let out = std::env::temp_dir().join(format!("xlb-bench-latency-{}", std::process::id()));
-    let run = Command::new(env!("CARGO_BIN_EXE_xlb-bench"))
-        .args(["latency", "--quick", "--out"])
-        .arg(&out)
-        .output()
-        .expect("running xlb-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let run = common::run_quick("latency", &[], "latency-quick");
     assert!(
-        run.status.success(),
-        "xlb-bench latency --quick failed ({}):\n{stdout}\n{stderr}",
-        run.status
+        run.elapsed < std::time::Duration::from_secs(120),
+        "took {:?}",
+        run.elapsed
     );
-    assert!(stdout.contains("latency --quick: OK"), "{stdout}");
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("latency-quick.json")).unwrap()).unwrap();
+    let json = run.json;
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 16, "4 paths x 2 Service counts x 2 kinds");
     for r in runs {
@@ -50,20 +41,4 @@ fn latency_quick_completes_every_transaction() {
     }
     let summary = json["summary"].as_array().unwrap();
     assert_eq!(summary.len(), 16, "{summary:?}");
-    // Nothing of the labs is left behind.
-    let pid = stderr
-        .split("xlblab-")
-        .nth(1)
-        .and_then(|r| r.split('-').next())
-        .unwrap_or("none")
-        .to_string();
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("xlblab-{pid}-")))
-        .collect();
-    assert!(left.is_empty(), "namespaces left: {left:?}");
-    std::fs::remove_dir_all(&out).ok();
 }
