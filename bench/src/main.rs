@@ -209,6 +209,11 @@ struct ForwardArgs {
     /// counts (nothing lost, every packet rewritten to a pod, every pod served), not speed.
     #[arg(long)]
     quick: bool,
+    /// The lab: `single` (one node, local backends) or `dsr` (the multi-node lab: everything
+    /// sent to edge-a, forwarded to the pods on node-c and node-d). Results go to
+    /// `forward[-quick][-dsr][-<mix>].json`.
+    #[arg(long, value_enum, default_value = "single")]
+    lab: forward::LabKind,
 }
 
 #[derive(clap::Args)]
@@ -478,6 +483,7 @@ fn forward_cmd(a: &ForwardArgs) -> Result<bool> {
     let t = &a.traffic;
     t.check()?;
     let mut opts = forward::ForwardOptions {
+        lab: a.lab,
         paths: a.paths.clone(),
         services: a.services.clone(),
         mix: t.mix,
@@ -503,14 +509,9 @@ fn forward_cmd(a: &ForwardArgs) -> Result<bool> {
     }
     let rep = forward::run(&opts)?;
     forward::print(&rep);
-    // One file per mix, so a `--mix syn` run does not replace the established one.
-    let name = match (a.quick, t.mix) {
-        (true, _) => "forward-quick".to_string(),
-        (false, Mix::Established) => "forward".to_string(),
-        (false, mix) => format!("forward-{}", mix.name()),
-    };
-    let name = name.as_str();
-    let path = scenarios::write_json(&t.out, name, &rep)?;
+    // One file per lab and mix, so a `--mix syn` or `--lab dsr` run does not replace another.
+    let name = forward::file_name(a.lab, t.mix, a.quick);
+    let path = scenarios::write_json(&t.out, &name, &rep)?;
     out!("wrote {}", path.display());
     let problems = rep.problems();
     for p in &problems {

@@ -2,25 +2,52 @@
 //! kube-proxy-shaped iptables and nftables rules, and for a bare XDP forwarder (the ceiling of
 //! the path), with 1, 1,000 and 10,000 Services programmed; ratios from the same run.
 //!
-//! Every measurement builds a fresh single-node lab (client — node-a — pods), enables the node
-//! uplink's NAPI (`gro on`: what lets a veth receive `XDP_TX` frames without an XDP program,
-//! as a NIC would), attaches a count-and-drop sink to every pod, programs the path under test,
-//! warms up (so flows exist), then runs the generator in the client and counts what the sinks
-//! saw. Packets/s is measured where packets land. The node's pods are the Services' endpoints
-//! (local backends). The multi-node lab (issue 3: edge nodes forwarding to pods on other nodes
-//! over the tunnel) plugs in at [`Setup`]: a `LabSpec` with edge and backend nodes, the sinks on
-//! the backend nodes' pods, the generator routed to the edge; nothing else changes.
+//! Two labs ([`LabKind`]); every measurement builds a fresh one.
+//!
+//! `--lab single` (the default): one node with local backends (client — node-a — pods). The
+//! node uplink's NAPI is enabled (`gro on`: what lets a veth receive `XDP_TX` frames without an
+//! XDP program, as a NIC would), a count-and-drop sink is attached to every pod, the path under
+//! test is programmed, the lab warms up (so flows exist), then the generator runs in the client
+//! and the sinks count what they saw. Packets/s is measured where packets land. The node's pods
+//! are the Services' endpoints.
+//!
+//! `--lab dsr`: the multi-node lab ([`Lab::dsr`]: client, edge-a, edge-b, node-c with pods c1
+//! and c2, node-d with pod d1, one fabric bridge, pod subnets routed by nobody). The generator
+//! sends everything to edge-a (its uplink MAC); every pod of the lab is an endpoint, so every
+//! packet crosses the fabric twice: client → edge-a → backend node → pod. The paths
+//! ([`program_dsr`]):
+//! * xlb: `xlb run` on every node; edge-a encapsulates in Geneve to the pod's node, which
+//!   decapsulates and hands the packet to the kernel, which routes it to the pod;
+//! * iptables / nftables: the same rules on edge-a, plus routes on edge-a (only) for node-c's
+//!   and node-d's pod subnets via those nodes: edge-a's kernel DNATs and forwards the packet
+//!   over the fabric, the backend node's kernel routes it to the pod;
+//! * ceiling: two bare XDP hops. `xlb-fwd` on edge-a picks a backend node and redirects the
+//!   frame back out of its uplink to that node's MAC; `xlb-fwd` on node-c and node-d redirects
+//!   it into a pod's veth. Neither rewrites anything but the MACs, nothing is encapsulated and
+//!   no kernel stack is crossed. `xlb-fwd` spreads by `(saddr ^ sport) % ports`; both hops get
+//!   one port per pod of the lab (on edge-a: the pod's node's MAC; on a backend node: the pod's
+//!   veth, or nothing for another node's pod), so both pick the same pod and every pod gets a
+//!   third, as Maglev gives it with equal weights. (One port per node on the edge would give
+//!   node-d's single pod half of the traffic, and the generator's flows all share the low bit
+//!   of `saddr ^ sport`, so a second `% 2` on node-c would feed only one of its pods.)
+//!
+//! Before the path is programmed, the fabric bridge gets static FDB entries for every uplink
+//! (an unlearned MAC would be flooded to every node, whose XDP programs would see the frame
+//! too) and edge-a permanent neighbour entries for the backend nodes (no ARP in the
+//! measurement; xlb's FIB lookup finds its next hop from the first packet).
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::baseline::{self, SvcPort};
-use crate::bpf::{self, Forwarder, FwdPort, Sink, SinkCounts, Sinks};
-use crate::lab::topology::POD_IF;
+use crate::bpf::{self, Forwarder, FwdPort, GenConfig, Sink, SinkCounts, Sinks};
+use crate::lab::topology::{LAB_RANGE, POD_IF};
 use crate::lab::{
-    EndpointDef, Lab, ManifestSet, PortDef, ServiceDef, UPLINK, XlbOptions, XlbProcess,
+    EndpointDef, Host, Lab, ManifestSet, PortDef, ServiceDef, UPLINK, XlbCluster, XlbOptions,
+    XlbProcess,
 };
 use crate::say;
 use crate::scenarios::{Machine, median, si};
@@ -55,8 +82,57 @@ impl Path {
     }
 }
 
+/// The lab a forward run measures on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabKind {
+    /// One node with local backends: client — node-a — pods.
+    #[default]
+    Single,
+    /// The multi-node lab: client → edge-a → node-c (c1, c2) or node-d (d1), over a fabric bridge.
+    Dsr,
+}
+
+impl LabKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            LabKind::Single => "single",
+            LabKind::Dsr => "dsr",
+        }
+    }
+
+    fn build(&self) -> Result<Lab> {
+        match self {
+            LabKind::Single => Lab::single_node(),
+            LabKind::Dsr => Lab::dsr(),
+        }
+    }
+}
+
+/// The name (without `.json`) a forward run's results are written under: `forward`, then
+/// `-quick` for the smoke test, `-dsr` for the multi-node lab, and `-<mix>` for a mix other than
+/// `established` (not for the smoke test): `forward`, `forward-syn`, `forward-dsr`,
+/// `forward-dsr-udp`, `forward-quick`, `forward-quick-dsr`.
+pub fn file_name(lab: LabKind, mix: Mix, quick: bool) -> String {
+    let mut name = String::from("forward");
+    if quick {
+        name.push_str("-quick");
+    }
+    if lab != LabKind::Single {
+        name.push('-');
+        name.push_str(lab.name());
+    }
+    if !quick && mix != Mix::Established {
+        name.push('-');
+        name.push_str(mix.name());
+    }
+    name
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ForwardOptions {
+    /// The lab measured on.
+    pub lab: LabKind,
     pub paths: Vec<Path>,
     pub services: Vec<u32>,
     pub mix: Mix,
@@ -184,6 +260,78 @@ pub(crate) enum Setup<'lab> {
     Xlb(Box<XlbProcess<'lab>>),
     Rules,
     Ceiling(Forwarder),
+    /// `xlb run` on every node of the multi-node lab.
+    XlbCluster(Box<XlbCluster<'lab>>),
+    /// The two-hop ceiling of the multi-node lab: the edge's forwarder, then the backend
+    /// nodes', by node name.
+    Forwarders(Vec<(String, Forwarder)>),
+}
+
+/// Counters of the path under test that must account for every delivered packet: (subject,
+/// value, noun) for "`subject` `value` `noun` but the pods received ...".
+type PathCounters = Vec<(String, u64, &'static str)>;
+
+fn path_counters(setup: &Setup<'_>, edge: &str) -> Result<PathCounters> {
+    Ok(match setup {
+        Setup::Xlb(x) => vec![(
+            "xlb counted".into(),
+            x.counter("forward_local")?,
+            "local forwards",
+        )],
+        Setup::Rules => vec![],
+        Setup::Ceiling(f) => vec![("the forwarder redirected".into(), f.counts()?.0, "packets")],
+        Setup::XlbCluster(c) => {
+            let (mut encap, mut decap) = (0, 0);
+            let mut backends = Vec::new();
+            for p in c.nodes() {
+                if p.host().name() == edge {
+                    for k in [
+                        "forward_encap_tx",
+                        "forward_encap_redirect",
+                        "encap_fib_pass",
+                    ] {
+                        encap += p.counter(k)?;
+                    }
+                } else {
+                    decap += p.counter("decap")?;
+                    backends.push(p.host().name().to_string());
+                }
+            }
+            vec![
+                (format!("xlb on {edge} counted"), encap, "encapsulations"),
+                (
+                    format!("xlb on {} counted", backends.join(", ")),
+                    decap,
+                    "decapsulations",
+                ),
+            ]
+        }
+        Setup::Forwarders(fs) => {
+            let mut edge_fwd = 0;
+            let mut nodes = Vec::new();
+            let mut node_fwd = 0;
+            for (name, f) in fs {
+                if name == edge {
+                    edge_fwd += f.counts()?.0;
+                } else {
+                    node_fwd += f.counts()?.0;
+                    nodes.push(name.clone());
+                }
+            }
+            vec![
+                (
+                    format!("the forwarder on {edge} redirected"),
+                    edge_fwd,
+                    "packets",
+                ),
+                (
+                    format!("the forwarders on {} redirected", nodes.join(", ")),
+                    node_fwd,
+                    "packets",
+                ),
+            ]
+        }
+    })
 }
 
 /// Programs `path` on the single node of `lab` with `n` benchmark Services (every pod an
@@ -252,12 +400,242 @@ pub(crate) fn program<'lab>(
     }
 }
 
+/// The backend nodes of the multi-node lab: every node that runs pods, with its pods.
+fn backend_nodes(lab: &Lab) -> Vec<&crate::lab::NodeSpec> {
+    lab.spec()
+        .nodes
+        .iter()
+        .filter(|n| !n.edge && !n.pods.is_empty())
+        .collect()
+}
+
+/// Prepares the multi-node lab for a measurement through `edge`: static FDB entries on the
+/// fabric bridge for every client's and node's uplink (never flood a frame to every node), and
+/// permanent neighbour entries on `edge` for the backend nodes (no ARP in the measurement).
+fn prepare_dsr(lab: &Lab, edge: &Host) -> Result<()> {
+    let fabric = lab
+        .fabric()
+        .context("the multi-node lab has a fabric bridge")?;
+    let spec = lab.spec();
+    let hosts = spec
+        .clients
+        .iter()
+        .map(|c| c.name.as_str())
+        .chain(spec.nodes.iter().map(|n| n.name.as_str()));
+    for h in hosts {
+        let port = lab
+            .fabric_port(h)
+            .with_context(|| format!("{h} has no bridge port"))?;
+        let mac = lab.uplink_mac(h)?;
+        fabric.netns().exec(
+            "bridge",
+            &["fdb", "replace", &mac, "dev", port, "master", "static"],
+        )?;
+    }
+    for n in backend_nodes(lab) {
+        let mac = lab.uplink_mac(&n.name)?;
+        let addr = n.addr.to_string();
+        edge.netns().ip(&[
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            &mac,
+            "dev",
+            UPLINK,
+            "nud",
+            "permanent",
+        ])?;
+    }
+    Ok(())
+}
+
+/// Programs `path` on the multi-node lab with `n` benchmark Services (every pod of the lab an
+/// endpoint), all traffic entering at `edge`; returns what keeps it programmed and a note on
+/// how it runs (see the module docs for the paths).
+pub(crate) fn program_dsr<'lab>(
+    lab: &'lab Lab,
+    edge: &'lab Host,
+    path: Path,
+    n: u32,
+    mix: Mix,
+    xdp_mode: &str,
+) -> Result<(Setup<'lab>, String)> {
+    let spec = lab.spec();
+    let (defs, ports) = services(lab, n, mix);
+    match path {
+        Path::Xlb => {
+            let set = ManifestSet {
+                services: defs,
+                nodes: ManifestSet::nodes_of(spec),
+            };
+            let manifests = lab.write_manifests(&set)?;
+            let mut cluster = XlbCluster::start(
+                lab,
+                manifests.path(),
+                &["--xdp-mode".into(), xdp_mode.into()],
+            )?;
+            let want = n as usize;
+            let pods = spec.pods().count();
+            // One deadline for all nodes (they program in parallel).
+            let deadline =
+                Instant::now() + Duration::from_secs(60) + Duration::from_millis(100) * n;
+            for node in &spec.nodes {
+                let left = deadline.saturating_duration_since(Instant::now());
+                cluster
+                    .node_mut(&node.name)
+                    .wait_until(
+                        left.max(Duration::from_millis(1)),
+                        &format!("{n} Services programmed"),
+                        |svcs| {
+                            svcs.iter()
+                                .filter(|s| s.name.starts_with("default/svc-"))
+                                .filter(|s| s.ready_backends().len() == pods)
+                                .count()
+                                >= want
+                        },
+                    )
+                    .with_context(|| format!("on {}", node.name))?;
+            }
+            let mut modes = Vec::new();
+            for node in &spec.nodes {
+                let link = lab.host(&node.name).netns().ip(&["link", "show", UPLINK])?;
+                modes.push(if link.contains("xdpgeneric") {
+                    "generic"
+                } else {
+                    "native"
+                });
+            }
+            modes.dedup();
+            Ok((
+                Setup::XlbCluster(Box::new(cluster)),
+                format!(
+                    "xlb on every node ({} XDP): {} encapsulates in Geneve, the pods' nodes decapsulate, their kernel routes to the pod",
+                    modes.join("/"),
+                    edge.name()
+                ),
+            ))
+        }
+        Path::Iptables | Path::Nftables => {
+            // Only the edge routes the pod subnets, via their nodes (the lab routes none).
+            for b in backend_nodes(lab) {
+                let net = b.pod_subnet.network();
+                if !LAB_RANGE.covers(&net) || !LAB_RANGE.contains(b.addr) {
+                    bail!("{net} via {} is outside {LAB_RANGE}", b.addr);
+                }
+                edge.netns().ip(&[
+                    "route",
+                    "replace",
+                    &net.to_string(),
+                    "via",
+                    &b.addr.to_string(),
+                    "dev",
+                    UPLINK,
+                ])?;
+            }
+            let version = if path == Path::Iptables {
+                baseline::apply_iptables(edge, &ports, lab.workdir())?;
+                baseline::iptables_version()
+            } else {
+                baseline::apply_nft(edge, &ports, lab.workdir())?;
+                baseline::nft_version()
+            };
+            Ok((
+                Setup::Rules,
+                format!(
+                    "{version} on {}, which routes the pod subnets via their nodes",
+                    edge.name()
+                ),
+            ))
+        }
+        Path::Ceiling => {
+            // Both hops pick the same pod, `(saddr ^ sport) % pods` over every pod of the lab:
+            // the edge sends the frame to that pod's node (back out of the uplink it came in
+            // on), the node redirects it into that pod's veth. A node's entries for other
+            // nodes' pods have no interface (such a frame would be dropped and show as lost).
+            let (up_index, up_mac) = bpf::link_info(edge, UPLINK)?;
+            let pods: Vec<(&str, &str)> = backend_nodes(lab)
+                .iter()
+                .flat_map(|b| b.pods.iter().map(|p| (b.name.as_str(), p.name.as_str())))
+                .collect();
+            let mut edge_ports = Vec::new();
+            for (node, _) in &pods {
+                let (_, node_mac) = bpf::link_info(lab.host(node), UPLINK)?;
+                edge_ports.push(FwdPort {
+                    ifindex: up_index,
+                    dst_mac: node_mac,
+                    src_mac: up_mac,
+                });
+            }
+            let mut fwd = vec![(
+                edge.name().to_string(),
+                Forwarder::attach(edge, UPLINK, &edge_ports)?,
+            )];
+            for b in backend_nodes(lab) {
+                let host = lab.host(&b.name);
+                let mut ports = Vec::new();
+                for (node, pod) in &pods {
+                    let local = b.pods.iter().position(|p| p.name == *pod);
+                    ports.push(match local {
+                        Some(i) if *node == b.name => {
+                            let (ifindex, src_mac) = bpf::link_info(host, &format!("lxc{i}"))?;
+                            let (_, dst_mac) = bpf::link_info(lab.host(pod), POD_IF)?;
+                            FwdPort {
+                                ifindex,
+                                dst_mac,
+                                src_mac,
+                            }
+                        }
+                        _ => FwdPort::default(),
+                    });
+                }
+                fwd.push((b.name.clone(), Forwarder::attach(host, UPLINK, &ports)?));
+            }
+            Ok((
+                Setup::Forwarders(fwd),
+                format!(
+                    "bare XDP forwarders (xlb-fwd): {} redirects to the pod's node's MAC back out of its uplink, the node redirects into the pod veth",
+                    edge.name()
+                ),
+            ))
+        }
+    }
+}
+
+/// The pods (indices in the lab's pod order) the bare forwarder can pick for the generator's
+/// flows. `xlb-fwd` spreads by `(saddr ^ sport) % pods` over the raw packet words and ignores
+/// the destination; the cycling mixes give Service `s` of flow `i` the source `i / services`,
+/// so with as many Services as flows every flow has the same source and the same pod. The SYN
+/// mix's random sources reach every pod.
+pub fn ceiling_reach(cfg: &GenConfig, pods: usize) -> BTreeSet<usize> {
+    if cfg.random != 0 || pods == 0 {
+        return (0..pods).collect();
+    }
+    let mut reach = BTreeSet::new();
+    for i in 0..cfg.flows.min(1 << 20) {
+        let (saddr, sport, _) = traffic::flow(cfg, i);
+        let h = bpf::raw_addr(saddr) ^ bpf::raw_port(sport) as u32;
+        reach.insert((h % pods as u32) as usize);
+        if reach.len() == pods {
+            break;
+        }
+    }
+    reach
+}
+
 /// One measurement on a fresh lab.
 fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Run> {
     crate::lab::check_interrupted()?;
-    let lab = Lab::single_node()?;
+    let lab = opts.lab.build()?;
+    // Where the generator's traffic enters: the single node, or the multi-node lab's first edge
+    // (edge-a). Both are the spec's first node.
     let node = lab.host(&lab.spec().nodes[0].name);
-    node.netns().exec("ethtool", &["-K", UPLINK, "gro", "on"])?;
+    match opts.lab {
+        LabKind::Single => {
+            node.netns().exec("ethtool", &["-K", UPLINK, "gro", "on"])?;
+        }
+        LabKind::Dsr => prepare_dsr(&lab, node)?,
+    }
     let mut sinks = Vec::new();
     for (_, p) in lab.spec().pods() {
         sinks.push(Sink::attach(
@@ -269,8 +647,11 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
     }
     let sinks = Sinks { sinks };
     let t0 = Instant::now();
-    let (setup, note) = program(&lab, path, n, opts.mix, &opts.xdp_mode)
-        .with_context(|| format!("programming {}", path.name()))?;
+    let programmed = match opts.lab {
+        LabKind::Single => program(&lab, path, n, opts.mix, &opts.xdp_mode),
+        LabKind::Dsr => program_dsr(&lab, node, path, n, opts.mix, &opts.xdp_mode),
+    };
+    let (setup, note) = programmed.with_context(|| format!("programming {}", path.name()))?;
     let setup_s = t0.elapsed().as_secs_f64();
     let (_, node_mac) = bpf::link_info(node, UPLINK)?;
     let (_, client_mac) = bpf::link_info(lab.client(), UPLINK)?;
@@ -299,10 +680,7 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
     std::thread::sleep(Duration::from_millis(200));
     let before = sinks.total()?;
     let pods_before = sinks.per_pod()?;
-    let xlb_before = match &setup {
-        Setup::Xlb(x) => Some(x.counter("forward_local")?),
-        _ => None,
-    };
+    let counters_before = path_counters(&setup, node.name())?;
     let r = generator.run(
         client,
         UPLINK,
@@ -314,7 +692,14 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
     std::thread::sleep(Duration::from_millis(300));
     let delivered = sinks.total()?.since(&before);
     if std::env::var_os("XLB_BENCH_DEBUG").is_some() {
-        for (h, i) in [(node, UPLINK), (node, "lxc0"), (lab.host("pod-1"), POD_IF)] {
+        let (pod_node, pod) = lab.spec().pods().next().expect("a lab with pods");
+        let pod_node = lab.host(&pod_node.name);
+        for (h, i) in [
+            (node, UPLINK),
+            (pod_node, UPLINK),
+            (pod_node, "lxc0"),
+            (lab.host(&pod.name), POD_IF),
+        ] {
             let s = h.netns().exec("ethtool", &["-S", i]).unwrap_or_default();
             let l = h.netns().ip(&["-s", "link", "show", i]).unwrap_or_default();
             eprintln!(
@@ -363,20 +748,13 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
         )),
         _ => {}
     }
-    if let (Setup::Xlb(x), Some(b)) = (&setup, xlb_before) {
-        let fwd = x.counter("forward_local")? - b;
-        if fwd < delivered.packets {
+    // The path's own counters (xlb's, the forwarders') must account for every delivery.
+    let counters = path_counters(&setup, node.name())?;
+    for ((subject, after, noun), (_, before, _)) in counters.iter().zip(&counters_before) {
+        let count = after - before;
+        if count < delivered.packets {
             problems.push(format!(
-                "xlb counted {fwd} local forwards but the pods received {}",
-                delivered.packets
-            ));
-        }
-    }
-    if let Setup::Ceiling(f) = &setup {
-        let (redirected, _) = f.counts()?;
-        if redirected < delivered.packets {
-            problems.push(format!(
-                "the forwarder redirected {redirected} packets but the pods received {}",
+                "{subject} {count} {noun} but the pods received {}",
                 delivered.packets
             ));
         }
@@ -389,11 +767,44 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
                 r.sent, delivered.packets
             ));
         }
-        if let Some((pod, _)) = per_pod.iter().find(|(_, c)| *c == 0) {
-            problems.push(format!("{pod} received nothing"));
-        }
     } else if delivered.packets == 0 {
         problems.push("nothing was delivered".into());
+    }
+    // Every pod must get some (always on the multi-node lab: a backend node left out is a
+    // broken path, whatever the rate); the ceiling's only the pods its spread can reach.
+    let reach = if path == Path::Ceiling {
+        ceiling_reach(&generator.config, per_pod.len())
+    } else {
+        (0..per_pod.len()).collect()
+    };
+    if (opts.pace.is_some() || opts.lab == LabKind::Dsr)
+        && let Some((pod, _)) = per_pod
+            .iter()
+            .enumerate()
+            .find(|(i, (_, c))| reach.contains(i) && *c == 0)
+            .map(|(_, p)| p)
+    {
+        problems.push(format!("{pod} received nothing"));
+    }
+    let mut note = note;
+    if reach.len() < per_pod.len() {
+        let names: Vec<&str> = reach.iter().map(|&i| per_pod[i].0.as_str()).collect();
+        note.push_str(&format!(
+            "; the generator's flows reach only {} through the forwarder's (saddr ^ sport) % pods spread",
+            names.join(", ")
+        ));
+    }
+    if let Setup::XlbCluster(c) = &setup {
+        // How edge-a sent its encapsulated packets (warm-up included): XDP_TX is the fast
+        // path; "via the kernel" means the FIB lookup found no neighbour.
+        let p = c.node(node.name());
+        note.push_str(&format!(
+            "; {} since start: XDP_TX {}, redirect {}, via the kernel {}",
+            node.name(),
+            p.counter("forward_encap_tx")?,
+            p.counter("forward_encap_redirect")?,
+            p.counter("encap_fib_pass")?
+        ));
     }
     drop(setup);
     let elapsed_s = r.elapsed.as_secs_f64();
@@ -515,6 +926,11 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
 
 pub fn print(rep: &ForwardReport) {
     let o = &rep.options;
+    if o.lab == LabKind::Dsr {
+        say!(
+            "forward on the multi-node lab: client -> edge-a -> node-c (c1, c2) / node-d (d1); sinks on the pods"
+        );
+    }
     say!(
         "forward: packets/s delivered to the pods (mix {}, {} flows, {} B frames, {:.1} s windows, {} generator thread(s), {} CPUs)",
         o.mix.name(),
@@ -580,5 +996,47 @@ pub fn print(rep: &ForwardReport) {
                 f(Path::Ceiling)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_distinguish_lab_mix_and_quick() {
+        let f = |lab, mix, quick| file_name(lab, mix, quick);
+        assert_eq!(f(LabKind::Single, Mix::Established, false), "forward");
+        assert_eq!(f(LabKind::Single, Mix::Syn, false), "forward-syn");
+        assert_eq!(f(LabKind::Single, Mix::Udp, true), "forward-quick");
+        assert_eq!(f(LabKind::Dsr, Mix::Established, false), "forward-dsr");
+        assert_eq!(f(LabKind::Dsr, Mix::Syn, false), "forward-dsr-syn");
+        assert_eq!(f(LabKind::Dsr, Mix::Udp, false), "forward-dsr-udp");
+        assert_eq!(f(LabKind::Dsr, Mix::Established, true), "forward-quick-dsr");
+    }
+
+    fn config(mix: Mix, services: u32, flows: u32) -> GenConfig {
+        let t = Traffic {
+            mix,
+            flows,
+            services,
+            frame_size: 64,
+            dst_mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 2],
+        };
+        traffic::template(&t).unwrap().1
+    }
+
+    #[test]
+    fn ceiling_reach_follows_the_sources() {
+        let all: BTreeSet<usize> = (0..3).collect();
+        assert_eq!(ceiling_reach(&config(Mix::Established, 1, 1000), 3), all);
+        assert_eq!(ceiling_reach(&config(Mix::Udp, 100, 1000), 3), all);
+        // As many Services as flows: one source, one pod.
+        assert_eq!(
+            ceiling_reach(&config(Mix::Established, 10_000, 10_000), 3).len(),
+            1
+        );
+        assert_eq!(ceiling_reach(&config(Mix::Syn, 10_000, 10_000), 3), all);
     }
 }

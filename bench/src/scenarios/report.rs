@@ -56,12 +56,22 @@ fn machine_line(v: &Value) -> String {
     )
 }
 
-/// The forward scenario's files (one per mix) and the chart each gets.
-const FORWARD_FILES: [(&str, &str); 3] = [
+/// The forward scenario's files (one per lab and mix, named by `forward::file_name`) and the
+/// chart each gets.
+const FORWARD_FILES: [(&str, &str); 6] = [
     ("forward", "forward.svg"),
     ("forward-syn", "forward-syn.svg"),
     ("forward-udp", "forward-udp.svg"),
+    ("forward-dsr", "forward-dsr.svg"),
+    ("forward-dsr-syn", "forward-dsr-syn.svg"),
+    ("forward-dsr-udp", "forward-dsr-udp.svg"),
 ];
+
+/// Whether a forward file was measured on the multi-node lab (`"lab": "dsr"`; older files
+/// have no `lab` and are single-node).
+fn is_dsr(fw: &Value) -> bool {
+    s(&fw["options"], "lab") == "dsr"
+}
 
 /// The generated Markdown section (without the markers).
 pub fn markdown(dir: &Path) -> String {
@@ -92,10 +102,17 @@ pub fn markdown(dir: &Path) -> String {
     for (file, svg) in FORWARD_FILES {
         let Some(fw) = read(dir, file) else { continue };
         let o = &fw["options"];
+        let dsr = is_dsr(&fw);
         writeln!(
             md,
-            "### Forwarding, `{}` mix (`xlb-bench forward{}`)\n\n{}. Mix `{}`, {} flows, {} B frames, {} s windows, {} round(s), median; {} and {}.\n",
+            "### Forwarding{}, `{}` mix (`xlb-bench forward{}{}`)\n\n{}. Mix `{}`, {} flows, {} B frames, {} s windows, {} round(s), median; {} and {}.\n",
+            if dsr {
+                " through the multi-node lab (edge → backend node → pod)"
+            } else {
+                ""
+            },
             s(o, "mix"),
+            if dsr { " --lab dsr" } else { "" },
             match s(o, "mix") {
                 "established" => String::new(),
                 m => format!(" --mix {m}"),
@@ -146,6 +163,27 @@ pub fn markdown(dir: &Path) -> String {
         if s(o, "mix") != "established" {
             continue;
         }
+        if dsr {
+            md.push_str(concat!(
+                "How: every measurement builds a fresh multi-node lab (client, edge-a, edge-b, node-c with pods c1 and c2, ",
+                "node-d with pod d1, one fabric bridge, network namespaces, 198.18.0.0/15 only; nobody routes the pod ",
+                "subnets) with count-and-drop XDP sinks on the three pods. The generator sends everything to edge-a; every ",
+                "Service has the three pods as endpoints, so every packet crosses the fabric twice: client → edge-a → ",
+                "node-c or node-d → pod. xlb: `xlb run` on every node, edge-a encapsulates in Geneve (`XDP_TX` back out of ",
+                "its uplink), the pod's node decapsulates in XDP and its kernel routes the packet to the pod; xlb's counters ",
+                "(edge-a's encapsulations, the backend nodes' decapsulations) must account for every delivery. iptables and ",
+                "nftables: the same kube-proxy-shaped rules on edge-a, which routes the pod subnets via their nodes; its ",
+                "kernel DNATs and forwards, the backend node's kernel routes to the pod (no tunnel, no masquerade: the ",
+                "rules see the traffic as needing no SNAT). The ceiling: two bare XDP hops, edge-a redirects the frame to ",
+                "the pod's node's MAC back out of its uplink, that node redirects it into the pod's veth; no rewrite, no ",
+                "tunnel, no kernel stack. The bridge has static entries for every uplink and edge-a permanent neighbour ",
+                "entries for the backend nodes. The forwarders spread by source address and port only (both hops pick ",
+                "the same pod): when there are as many Services as flows, every flow has the same source and the ceiling ",
+                "delivers everything to one pod (the per-packet work is the same). As on the single node, everything runs ",
+                "on the generator's CPU.\n\n",
+            ));
+            continue;
+        }
         md.push_str(concat!(
             "How: every measurement builds a fresh single-node lab (client — node-a — three pods, network namespaces, ",
             "198.18.0.0/15 only), attaches a count-and-drop XDP sink to every pod, programs the path, warms up, then ",
@@ -158,8 +196,8 @@ pub fn markdown(dir: &Path) -> String {
             "cost. iptables and nftables walk their NAT rules only for a connection's first packet; established ",
             "packets cost a conntrack lookup and the filter rules, so the `syn` mix (`--mix syn`) is the one that ",
             "shows rule-walk scaling. xlb's path here is DNAT in XDP, then the kernel's routing to the pod (local ",
-            "backends); the ceiling redirects in XDP and skips the stack. Remote backends (issue 3) will be measured ",
-            "through the multi-node lab: edge node → tunnel → backend node's pods, sinks on those pods.\n\n",
+            "backends); the ceiling redirects in XDP and skips the stack. Remote backends (edge node → tunnel → backend ",
+            "node → pod) are measured on the multi-node lab (`--lab dsr`).\n\n",
         ));
     }
     if let Some(lat) = read(dir, "latency") {
@@ -426,7 +464,8 @@ pub fn forward_svg(fw: &Value) -> String {
     writeln!(svg, "<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>").unwrap();
     writeln!(
         svg,
-        "<text x=\"{l}\" y=\"18\">packets/s delivered to the pods ({} mix)</text>",
+        "<text x=\"{l}\" y=\"18\">packets/s delivered to the pods{} ({} mix)</text>",
+        if is_dsr(fw) { ", multi-node lab" } else { "" },
         s(&fw["options"], "mix")
     )
     .unwrap();
@@ -688,6 +727,71 @@ mod tests {
         assert!(text.contains("| 1000 | 0.300 | 0.100 |"));
         let svg = std::fs::read_to_string(dir.join("bench/forward.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dsr_forward_files_get_their_own_sections_and_charts() {
+        let dir = std::env::temp_dir().join(format!("xlb-report-dsr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fw = |lab: Option<&str>, mix: &str, xlb: f64| {
+            let mut o = serde_json::json!({"mix": mix, "flows": 10, "frame_size": 64, "seconds": 1.0, "rounds": 1, "services": [1, 10000]});
+            if let Some(l) = lab {
+                o["lab"] = l.into();
+            }
+            serde_json::json!({
+                "machine": {"cpus": 2, "cpu_model": "x", "memory_gib": 24.0, "kernel": "6.18", "unix_time": 0},
+                "options": o,
+                "iptables": "iptables v1", "nft": "nftables v1",
+                "medians": [["xlb", 1, xlb], ["nftables", 1, 100000.0], ["ceiling", 1, 400000.0], ["xlb", 10000, xlb]],
+            })
+        };
+        // An older single-node file (no "lab"), a dsr one per mix.
+        for (name, v) in [
+            ("forward", fw(None, "established", 300000.0)),
+            ("forward-dsr", fw(Some("dsr"), "established", 200000.0)),
+            ("forward-dsr-syn", fw(Some("dsr"), "syn", 50000.0)),
+        ] {
+            std::fs::write(dir.join(format!("{name}.json")), v.to_string()).unwrap();
+        }
+        let doc = dir.join("benchmarks.md");
+        write(&dir, &doc).unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let single = text
+            .find("### Forwarding, `established` mix (`xlb-bench forward`)")
+            .expect(&text);
+        let dsr = text
+            .find("### Forwarding through the multi-node lab (edge → backend node → pod), `established` mix (`xlb-bench forward --lab dsr`)")
+            .expect(&text);
+        let dsr_syn = text
+            .find("### Forwarding through the multi-node lab (edge → backend node → pod), `syn` mix (`xlb-bench forward --lab dsr --mix syn`)")
+            .expect(&text);
+        assert!(single < dsr && dsr < dsr_syn, "{text}");
+        assert!(
+            text[dsr..].contains("| 1 | 0.200 | - | 0.100 | 0.400 | - | 2.00 | 0.50 |"),
+            "{text}"
+        );
+        assert!(text[dsr_syn..].contains("| 1 | 0.050 |"), "{text}");
+        assert!(text.contains("![packets/s against Services](bench/forward-dsr.svg)"));
+        assert!(text.contains("![packets/s against Services](bench/forward-dsr-syn.svg)"));
+        // One "How" per lab, after its established table.
+        assert_eq!(
+            text.matches("How: every measurement builds a fresh single-node lab")
+                .count(),
+            1
+        );
+        assert_eq!(
+            text.matches("How: every measurement builds a fresh multi-node lab")
+                .count(),
+            1
+        );
+        assert!(text.find("fresh multi-node lab").unwrap() > dsr);
+        let svg = std::fs::read_to_string(dir.join("bench/forward-dsr.svg")).unwrap();
+        assert!(svg.contains("multi-node lab (established mix)") && svg.contains("polyline"));
+        let svg = std::fs::read_to_string(dir.join("bench/forward.svg")).unwrap();
+        assert!(svg.contains("pods (established mix)"), "{svg}");
+        assert!(dir.join("bench/forward-dsr-syn.svg").exists());
+        assert!(!dir.join("bench/forward-dsr-udp.svg").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
