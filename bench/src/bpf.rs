@@ -100,6 +100,14 @@ pub fn raw_port(p: u16) -> u16 {
     u16::from_ne_bytes(p.to_be_bytes())
 }
 
+/// The port `xlb-fwd` (xdp/src/bin/fwd.rs) picks for a flow among `ports`: the same mix of the
+/// raw packet words, so a scenario knows which pods the forwarder can reach.
+pub fn fwd_pick(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, ports: u32) -> u32 {
+    let words = ((raw_port(sport) as u32) << 16) | raw_port(dport) as u32;
+    let x = (raw_addr(saddr) ^ raw_addr(daddr).rotate_left(16) ^ words).wrapping_mul(0x9e37_79b1);
+    (x >> 16) % ports.max(1)
+}
+
 /// The directory holding the benchmark objects (see the module docs).
 pub fn object_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("XLB_BPF_DIR") {

@@ -24,12 +24,11 @@
 //! * ceiling: two bare XDP hops. `xlb-fwd` on edge-a picks a backend node and redirects the
 //!   frame back out of its uplink to that node's MAC; `xlb-fwd` on node-c and node-d redirects
 //!   it into a pod's veth. Neither rewrites anything but the MACs, nothing is encapsulated and
-//!   no kernel stack is crossed. `xlb-fwd` spreads by `(saddr ^ sport) % ports`; both hops get
-//!   one port per pod of the lab (on edge-a: the pod's node's MAC; on a backend node: the pod's
-//!   veth, or nothing for another node's pod), so both pick the same pod and every pod gets a
-//!   third, as Maglev gives it with equal weights. (One port per node on the edge would give
-//!   node-d's single pod half of the traffic, and the generator's flows all share the low bit
-//!   of `saddr ^ sport`, so a second `% 2` on node-c would feed only one of its pods.)
+//!   no kernel stack is crossed. `xlb-fwd` spreads by a mix of the whole flow modulo its ports;
+//!   both hops get one port per pod of the lab (on edge-a: the pod's node's MAC; on a backend
+//!   node: the pod's veth, or nothing for another node's pod), so both pick the same pod and
+//!   every pod gets a third, as Maglev gives it with equal weights. (One port per node on the
+//!   edge would give node-d's single pod half of the traffic.)
 //!
 //! Before the path is programmed, the fabric bridge gets static FDB entries for every uplink
 //! (an unlearned MAC would be flooded to every node, whose XDP programs would see the frame
@@ -549,7 +548,7 @@ pub(crate) fn program_dsr<'lab>(
             ))
         }
         Path::Ceiling => {
-            // Both hops pick the same pod, `(saddr ^ sport) % pods` over every pod of the lab:
+            // Both hops pick the same pod (the same flow mix over every pod of the lab):
             // the edge sends the frame to that pod's node (back out of the uplink it came in
             // on), the node redirects it into that pod's veth. A node's entries for other
             // nodes' pods have no interface (such a frame would be dropped and show as lost).
@@ -603,19 +602,18 @@ pub(crate) fn program_dsr<'lab>(
 }
 
 /// The pods (indices in the lab's pod order) the bare forwarder can pick for the generator's
-/// flows. `xlb-fwd` spreads by `(saddr ^ sport) % pods` over the raw packet words and ignores
-/// the destination; the cycling mixes give Service `s` of flow `i` the source `i / services`,
-/// so with as many Services as flows every flow has the same source and the same pod. The SYN
-/// mix's random sources reach every pod.
+/// flows ([`bpf::fwd_pick`]); with a handful of flows it may miss a pod. The SYN mix's random
+/// sources reach every pod.
 pub fn ceiling_reach(cfg: &GenConfig, pods: usize) -> BTreeSet<usize> {
     if cfg.random != 0 || pods == 0 {
         return (0..pods).collect();
     }
     let mut reach = BTreeSet::new();
     for i in 0..cfg.flows.min(1 << 20) {
-        let (saddr, sport, _) = traffic::flow(cfg, i);
-        let h = bpf::raw_addr(saddr) ^ bpf::raw_port(sport) as u32;
-        reach.insert((h % pods as u32) as usize);
+        let (saddr, sport, daddr) = traffic::flow(cfg, i);
+        reach.insert(
+            bpf::fwd_pick(saddr, daddr, sport, traffic::SERVICE_PORT, pods as u32) as usize,
+        );
         if reach.len() == pods {
             break;
         }
@@ -790,7 +788,7 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
     if reach.len() < per_pod.len() {
         let names: Vec<&str> = reach.iter().map(|&i| per_pod[i].0.as_str()).collect();
         note.push_str(&format!(
-            "; the generator's flows reach only {} through the forwarder's (saddr ^ sport) % pods spread",
+            "; the generator's flows reach only {} through the forwarder's spread",
             names.join(", ")
         ));
     }
@@ -1028,15 +1026,18 @@ mod tests {
     }
 
     #[test]
-    fn ceiling_reach_follows_the_sources() {
+    fn ceiling_reach_follows_the_flows() {
         let all: BTreeSet<usize> = (0..3).collect();
         assert_eq!(ceiling_reach(&config(Mix::Established, 1, 1000), 3), all);
         assert_eq!(ceiling_reach(&config(Mix::Udp, 100, 1000), 3), all);
-        // As many Services as flows: one source, one pod.
+        // As many Services as flows: one source, and still every pod (the spread mixes in
+        // the destination).
         assert_eq!(
-            ceiling_reach(&config(Mix::Established, 10_000, 10_000), 3).len(),
-            1
+            ceiling_reach(&config(Mix::Established, 10_000, 10_000), 3),
+            all
         );
+        // Two flows cannot reach three pods.
+        assert!(ceiling_reach(&config(Mix::Established, 1, 2), 3).len() <= 2);
         assert_eq!(ceiling_reach(&config(Mix::Syn, 10_000, 10_000), 3), all);
     }
 }

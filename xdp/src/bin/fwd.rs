@@ -1,6 +1,6 @@
 //! The ceiling of the forward benchmark: a bare XDP forwarder on the node's uplink. Generator
 //! packets (source in 198.18.128.0/17) are parsed with the datapath's parser, spread over the
-//! pods by `(source address ^ source port) % pods`, given the pod's MAC addresses and
+//! pods by a mix of the whole flow (addresses and ports), given the pod's MAC addresses and
 //! redirected straight into the pod's veth: no frontend lookup, no conntrack, no DNAT, no kernel
 //! stack. Everything else passes.
 #![no_std]
@@ -62,7 +62,12 @@ pub fn xlb_fwd(ctx: XdpContext) -> u32 {
         count(1);
         return common::XDP_PASS;
     }
-    let idx = (h.saddr ^ h.sport as u32) % n;
+    // The whole flow picks the port, mixed so that every input bit reaches the bits `% n`
+    // keeps: one source talking to many Services must still spread over the pods. On the
+    // multi-node lab both hops run this and pick the same pod (the packet is unchanged between).
+    let ports = ((h.sport as u32) << 16) | h.dport as u32;
+    let x = (h.saddr ^ h.daddr.rotate_left(16) ^ ports).wrapping_mul(0x9e37_79b1);
+    let idx = (x >> 16) % n;
     let Some(port) = XLB_FWD_PORTS.get(idx) else {
         count(1);
         return common::XDP_PASS;
