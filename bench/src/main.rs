@@ -326,6 +326,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a scenario's problems (and, for `--quick`, the verdict line the smoke tests look
+/// for); whether it passed.
+fn conclude(name: &str, quick: bool, problems: &[String]) -> bool {
+    for p in problems {
+        out!("problem: {p}");
+    }
+    if quick {
+        out!(
+            "{name} --quick: {}",
+            if problems.is_empty() { "OK" } else { "FAILED" }
+        );
+    }
+    problems.is_empty()
+}
+
 /// Exit status of a scenario: `Ok(true)` all checks passed.
 fn finish(name: &str, r: Result<bool>) -> ExitCode {
     match r {
@@ -387,14 +402,7 @@ fn latency_cmd(a: &LatencyArgs) -> Result<bool> {
     let name = if a.quick { "latency-quick" } else { "latency" };
     let path = scenarios::write_json(&a.out, name, &rep)?;
     out!("wrote {}", path.display());
-    let problems = rep.problems();
-    for p in &problems {
-        err!("problem: {p}");
-    }
-    if a.quick && problems.is_empty() {
-        out!("latency --quick: OK");
-    }
-    Ok(problems.is_empty())
+    Ok(conclude("latency", a.quick, &rep.problems()))
 }
 
 fn micro_cmd(a: &OutArgs) -> Result<bool> {
@@ -433,17 +441,7 @@ fn control_cmd(a: &ControlArgs) -> Result<bool> {
     let name = if a.quick { "control-quick" } else { "control" };
     let path = scenarios::write_json(&a.out, name, &rep)?;
     out!("wrote {}", path.display());
-    let problems = rep.problems();
-    for p in &problems {
-        out!("problem: {p}");
-    }
-    if a.quick {
-        out!(
-            "control --quick: {}",
-            if problems.is_empty() { "OK" } else { "FAILED" }
-        );
-    }
-    Ok(problems.is_empty())
+    Ok(conclude("control", a.quick, &rep.problems()))
 }
 
 fn profile_cmd(a: &ProfileArgs) -> Result<bool> {
@@ -513,17 +511,7 @@ fn forward_cmd(a: &ForwardArgs) -> Result<bool> {
     let name = forward::file_name(a.lab, t.mix, a.quick);
     let path = scenarios::write_json(&t.out, &name, &rep)?;
     out!("wrote {}", path.display());
-    let problems = rep.problems();
-    for p in &problems {
-        out!("problem: {p}");
-    }
-    if a.quick {
-        out!(
-            "forward --quick: {}",
-            if problems.is_empty() { "OK" } else { "FAILED" }
-        );
-    }
-    Ok(problems.is_empty())
+    Ok(conclude("forward", a.quick, &rep.problems()))
 }
 
 /// Runs the demo on the DSR lab; `Ok(false)` when traffic misbehaved. Everything it builds is

@@ -322,6 +322,51 @@ fn latency_markdown(md: &mut String, lat: &Value) {
     ));
 }
 
+/// Chart geometry shared by every chart: size and the plot area's margins.
+const SVG_W: f64 = 640.0;
+const SVG_H: f64 = 360.0;
+const SVG_L: f64 = 70.0;
+const SVG_R: f64 = 130.0;
+const SVG_T: f64 = 30.0;
+const SVG_B: f64 = 50.0;
+
+/// The y coordinate of `v` on a chart whose axis runs from 0 to `max` (clipped at `max`).
+fn svg_y(v: f64, max: f64) -> f64 {
+    SVG_H - SVG_B - v.min(max) / max * (SVG_H - SVG_T - SVG_B)
+}
+
+/// An open `<svg>` with its background, title, axes and five y ticks labelled by `label`.
+fn svg_frame(title: &str, max: f64, label: impl Fn(f64) -> String) -> String {
+    let (w, h, l, r, t, b) = (SVG_W, SVG_H, SVG_L, SVG_R, SVG_T, SVG_B);
+    let mut svg = String::new();
+    writeln!(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">").unwrap();
+    writeln!(svg, "<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>").unwrap();
+    writeln!(svg, "<text x=\"{l}\" y=\"18\">{title}</text>").unwrap();
+    let (x1, y0) = (w - r, h - b);
+    writeln!(
+        svg,
+        "<line x1=\"{l}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"black\"/>"
+    )
+    .unwrap();
+    writeln!(
+        svg,
+        "<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{y0}\" stroke=\"black\"/>"
+    )
+    .unwrap();
+    for k in 0..=4 {
+        let v = max * k as f64 / 4.0;
+        let y = svg_y(v, max) + 4.0;
+        writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{y:.1}\" text-anchor=\"end\">{}</text>",
+            l - 6.0,
+            label(v)
+        )
+        .unwrap();
+    }
+    svg
+}
+
 /// Bars of p50 per path and Services for one transaction kind, with a whisker up to p99 and a
 /// tick at p99.9; `None` without data for the kind.
 pub fn latency_svg(lat: &Value, kind: &str) -> Option<String> {
@@ -342,38 +387,12 @@ pub fn latency_svg(lat: &Value, kind: &str) -> Option<String> {
         .map(|r| f(&r["latency"], "p99_us"))
         .fold(1.0, f64::max)
         * 1.15;
-    let (w, h, l, r, t, b) = (640.0, 360.0, 70.0, 130.0, 30.0, 50.0);
+    let (w, h, l, r, t, b) = (SVG_W, SVG_H, SVG_L, SVG_R, SVG_T, SVG_B);
     let group = (w - l - r) / ns.len() as f64;
     let bar = group * 0.8 / PATHS.len() as f64;
-    let ly = |v: f64| h - b - v.min(max) / max * (h - t - b);
-    let mut svg = String::new();
-    writeln!(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">").unwrap();
-    writeln!(svg, "<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>").unwrap();
-    writeln!(svg, "<text x=\"{l}\" y=\"18\">{kind} latency, µs: bar p50, whisker p99, tick p99.9 (clipped)</text>").unwrap();
-    writeln!(
-        svg,
-        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
-        h - b,
-        w - r,
-        h - b
-    )
-    .unwrap();
-    writeln!(
-        svg,
-        "<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>",
-        h - b
-    )
-    .unwrap();
-    for k in 0..=4 {
-        let v = max * k as f64 / 4.0;
-        writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
-            l - 6.0,
-            ly(v) + 4.0
-        )
-        .unwrap();
-    }
+    let ly = |v: f64| svg_y(v, max);
+    let title = format!("{kind} latency, µs: bar p50, whisker p99, tick p99.9 (clipped)");
+    let mut svg = svg_frame(&title, max, |v| format!("{v:.0}"));
     for (g, &n) in ns.iter().enumerate() {
         let x0 = l + group * g as f64 + group * 0.1;
         writeln!(
@@ -450,7 +469,7 @@ pub fn forward_svg(fw: &Value) -> String {
         .filter_map(|m| m[2].as_f64())
         .fold(1.0, f64::max)
         * 1.1;
-    let (w, h, l, r, t, b) = (640.0, 360.0, 70.0, 130.0, 30.0, 50.0);
+    let (w, h, l, r, t, b) = (SVG_W, SVG_H, SVG_L, SVG_R, SVG_T, SVG_B);
     let lx = |n: u64| {
         let (lo, hi) = (
             (*ns.first().unwrap_or(&1) as f64).max(1.0).log10(),
@@ -458,42 +477,13 @@ pub fn forward_svg(fw: &Value) -> String {
         );
         l + ((n as f64).max(1.0).log10() - lo) / (hi - lo).max(1e-9) * (w - l - r)
     };
-    let ly = |v: f64| h - b - v / max * (h - t - b);
-    let mut svg = String::new();
-    writeln!(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">").unwrap();
-    writeln!(svg, "<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>").unwrap();
-    writeln!(
-        svg,
-        "<text x=\"{l}\" y=\"18\">packets/s delivered to the pods{} ({} mix)</text>",
+    let ly = |v: f64| svg_y(v, max);
+    let title = format!(
+        "packets/s delivered to the pods{} ({} mix)",
         if is_dsr(fw) { ", multi-node lab" } else { "" },
         s(&fw["options"], "mix")
-    )
-    .unwrap();
-    writeln!(
-        svg,
-        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
-        h - b,
-        w - r,
-        h - b
-    )
-    .unwrap();
-    writeln!(
-        svg,
-        "<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>",
-        h - b
-    )
-    .unwrap();
-    for k in 0..=4 {
-        let v = max * k as f64 / 4.0;
-        writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.2} M</text>",
-            l - 6.0,
-            ly(v) + 4.0,
-            v / 1e6
-        )
-        .unwrap();
-    }
+    );
+    let mut svg = svg_frame(&title, max, |v| format!("{:.2} M", v / 1e6));
     for &n in &ns {
         writeln!(
             svg,
