@@ -177,10 +177,8 @@ pub fn markdown(dir: &Path) -> String {
                 "rules see the traffic as needing no SNAT). The ceiling: two bare XDP hops, edge-a redirects the frame to ",
                 "the pod's node's MAC back out of its uplink, that node redirects it into the pod's veth; no rewrite, no ",
                 "tunnel, no kernel stack. The bridge has static entries for every uplink and edge-a permanent neighbour ",
-                "entries for the backend nodes. The forwarders spread by source address and port only (both hops pick ",
-                "the same pod): when there are as many Services as flows, every flow has the same source and the ceiling ",
-                "delivers everything to one pod (the per-packet work is the same). As on the single node, everything runs ",
-                "on the generator's CPU.\n\n",
+                "entries for the backend nodes. Both forwarder hops pick the same pod from the same mix of the flow's ",
+                "addresses and ports. As on the single node, everything runs on the generator's CPU.\n\n",
             ));
             continue;
         }
