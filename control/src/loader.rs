@@ -112,6 +112,41 @@ pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
     Ok(idx)
 }
 
+/// Why attaching failed, when it failed because `iface` already runs an XDP program that is
+/// not pinned in `pin_dir` (the kernel answers EEXIST or EBUSY). xlb never replaces a program
+/// it did not attach; the message says whose it may be and how to remove it.
+fn busy_interface(e: &anyhow::Error, pin_dir: &Path, iface: &str) -> Option<String> {
+    let busy = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|n| n == libc::EEXIST || n == libc::EBUSY)
+    });
+    if !busy {
+        return None;
+    }
+    // An xlb of another layout version pins its link next to ours: same namespace directory.
+    let other = pin_dir.parent().and_then(|ns| {
+        fs::read_dir(ns)
+            .ok()?
+            .flatten()
+            .map(|d| d.path())
+            .find(|d| d.as_path() != pin_dir && pins::xdp_link_pin(d, iface).exists())
+    });
+    Some(match other {
+        Some(dir) => format!(
+            "{iface} already runs the XDP program of an xlb with another map layout (pinned in \
+             {}): stop it with that version's `xlb down --iface {iface}` (its connections are \
+             not carried over), then start this one",
+            dir.display()
+        ),
+        None => format!(
+            "{iface} already has an XDP program attached that is not xlb's (see `ip link show \
+             dev {iface}`): xlb does not replace it; detach it first (`ip link set dev {iface} \
+             xdp off`)"
+        ),
+    })
+}
+
 /// Attaches XDP ingress and TC egress to `iface` and pins both links, or adopts the links a
 /// previous run pinned (the datapath and its conntrack carry on untouched).
 pub fn attach(
@@ -137,9 +172,13 @@ pub fn attach(
     let mut outcome = Attachment::Adopted;
     if PinnedLink::from_pin(&xdp_pin).is_err() {
         let prog = xdp_program(ebpf)?;
-        let id = prog
-            .attach(iface, mode)
-            .with_context(|| format!("attaching XDP to {iface} (mode {mode:?})"))?;
+        let id = prog.attach(iface, mode).map_err(|e| {
+            let e = anyhow::Error::from(e);
+            match busy_interface(&e, pin_dir, iface) {
+                Some(why) => e.context(why),
+                None => e.context(format!("attaching XDP to {iface} (mode {mode:?})")),
+            }
+        })?;
         let link: FdLink = prog
             .take_link(id)?
             .try_into()

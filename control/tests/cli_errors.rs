@@ -1,5 +1,7 @@
 //! Inspection commands with no datapath, and invalid arguments, fail with one line and a
-//! non-zero exit, without needing a lab (the lab version is `tests/e2e_cli.rs`).
+//! non-zero exit, without needing a lab (the lab version is `tests/e2e_cli.rs`); `xlb run` on
+//! an interface that runs somebody else's XDP program refuses with the remedy (one scratch
+//! namespace, root).
 use std::process::{Command, Output};
 
 fn xlb(args: &[&str]) -> Output {
@@ -94,4 +96,105 @@ fn bad_arguments_are_rejected_by_the_parser() {
         let out = xlb(args);
         assert_eq!(out.status.code(), Some(2), "`xlb {}`", args.join(" "));
     }
+}
+
+/// A scratch network namespace with a veth pair `v0`/`v1`, and a scratch pin directory on
+/// bpffs; both removed on drop (also when the test fails).
+struct BusyLab {
+    ns: String,
+    pins: std::path::PathBuf,
+}
+
+impl BusyLab {
+    fn new() -> BusyLab {
+        let lab = BusyLab {
+            ns: format!("xlbtest-busy-{}", std::process::id()),
+            pins: format!("/sys/fs/bpf/xlb-cli-test-{}-busy", std::process::id()).into(),
+        };
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("running ip");
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        };
+        ip(&["netns", "add", &lab.ns]);
+        ip(&[
+            "-n", &lab.ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ]);
+        ip(&["-n", &lab.ns, "link", "set", "v0", "up"]);
+        // Somebody else's XDP program on v0: the benchmark's floor program, attached by `ip`.
+        let floor = concat!(env!("OUT_DIR"), "/xlb-floor");
+        ip(&[
+            "-n",
+            &lab.ns,
+            "link",
+            "set",
+            "dev",
+            "v0",
+            "xdpgeneric",
+            "obj",
+            floor,
+            "sec",
+            "xdp",
+        ]);
+        lab
+    }
+
+    /// `xlb run --iface v0` in the namespace with its pins under `<pins>/<layout>`.
+    fn run(&self, layout: &str) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_xlb"))
+            .args(["run", "--iface", "v0", "--node-name", "n", "--manifests"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nginx"))
+            .arg("--pin-dir")
+            .arg(self.pins.join(layout))
+            .output()
+            .expect("running xlb run")
+    }
+}
+
+impl Drop for BusyLab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+fn last_error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "xlb run succeeded: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .rfind(|l| l.starts_with("xlb: "))
+        .unwrap_or_else(|| panic!("no `xlb:` line in {stderr:?}"))
+        .to_string()
+}
+
+#[test]
+fn an_interface_running_another_xdp_program_is_refused_with_the_remedy() {
+    let lab = BusyLab::new();
+    let line = last_error_line(&lab.run("v2"));
+    assert!(
+        line.contains("v0 already has an XDP program attached that is not xlb's")
+            && line.contains("ip link set dev v0 xdp off"),
+        "{line}"
+    );
+    // The program is still there: xlb replaced nothing.
+    let link = Command::new("ip")
+        .args(["-n", &lab.ns, "link", "show", "v0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("xdpgeneric"),
+        "{link:?}"
+    );
+
+    // The same interface as seen by an xlb of another layout whose link is pinned next to
+    // this one's pin directory.
+    std::fs::create_dir_all(lab.pins.join("v1/links/xdp-v0")).unwrap();
+    let line = last_error_line(&lab.run("v2"));
+    assert!(
+        line.contains("another map layout") && line.contains("xlb down --iface v0"),
+        "{line}"
+    );
 }
