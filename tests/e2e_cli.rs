@@ -111,7 +111,15 @@ fn inspection_commands_count_the_traffic_sent() {
                 "backend {addr}: xlb counts {} connections, the pods answered {n}",
                 b["connections"]
             );
+            // The datapath's exact new-flow counter agrees: each connection opened one flow.
+            ensure!(
+                u(&b["new_flows"]) == n,
+                "backend {addr}: {} new flows, the pods answered {n}",
+                b["new_flows"]
+            );
         }
+        ensure!(u(&frontend(svc, Some(t.vip()), WEB_PORT)?["new_flows"]) == 30);
+        ensure!(u(&frontend(svc, None, WEB_NODE_PORT)?["new_flows"]) == 20);
         let (fe_pk, be_pk) = (
             sum(svc, "frontends", "packets"),
             sum(svc, "backends", "packets"),
@@ -128,6 +136,7 @@ fn inspection_commands_count_the_traffic_sent() {
         let ufe = frontend(usvc, Some(t.vip()), WEB_PORT)?;
         ensure!(u(&ufe["packets"]) == 10, "UDP frontend: {ufe}");
         ensure!(u(&ufe["connections"]) == 10);
+        ensure!(u(&ufe["new_flows"]) == 10);
         let per_datagram = u(&ufe["bytes"]) / 10;
         ensure!(
             (34..=52).contains(&per_datagram) && u(&ufe["bytes"]).is_multiple_of(10),
@@ -958,6 +967,11 @@ fn metrics_probes_and_json_logs() {
         ensure!(pk >= 75.0, "25 connections moved the VIP's packets by {pk}");
         ensure!(d("xlb_frontend_bytes_total", &vip_fe)? >= pk * 54.0);
         ensure!(value(&m2, "xlb_frontend_connections", &vip_fe)? == 25.0);
+        ensure!(d("xlb_frontend_new_flows_total", &vip_fe)? == 25.0);
+        ensure!(
+            total(&m2, "xlb_backend_new_flows_total") - total(&m1, "xlb_backend_new_flows_total")
+                == 25.0
+        );
         ensure!(value(&m2, "xlb_conntrack_entries", &[])? == 25.0);
         let fe_all =
             total(&m2, "xlb_frontend_packets_total") - total(&m1, "xlb_frontend_packets_total");

@@ -4,7 +4,7 @@ use std::{collections::HashMap, time::Instant};
 
 use lb_common::maps::{Counter, Reason};
 
-use crate::{conntrack::monotonic_ns, datapath::Maps, flows, reconcile::Snapshot};
+use crate::{datapath::Maps, flows, reconcile::Snapshot};
 
 /// How a global counter's reason reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,17 +53,12 @@ pub struct FlowCounts {
     pub capacity: u32,
     pub per_frontend: HashMap<u32, u64>,
     pub per_backend: HashMap<u32, u64>,
-    /// Entries created after the `since` time given to [`read`], per frontend.
-    pub new_per_frontend: HashMap<u32, u64>,
-    pub new_total: u64,
 }
 
 /// One reading.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub at: Instant,
-    /// CLOCK_MONOTONIC (the datapath's clock) at the reading.
-    pub mono_ns: u64,
     pub global: Vec<(&'static str, u64)>,
     /// By frontend id, for the frontends in the snapshot.
     pub frontends: HashMap<u32, Counter>,
@@ -72,16 +67,10 @@ pub struct Sample {
     pub flows: Option<FlowCounts>,
 }
 
-/// Reads the counters of everything in `snap`; with `flows`, also scans conntrack and counts
-/// entries created after `since_ns` (CLOCK_MONOTONIC) as new.
-pub fn read(
-    maps: &Maps,
-    snap: &Snapshot,
-    flows: bool,
-    since_ns: Option<u64>,
-) -> anyhow::Result<Sample> {
+/// Reads the counters of everything in `snap`; with `flows`, also scans conntrack for the
+/// connections open per frontend and backend.
+pub fn read(maps: &Maps, snap: &Snapshot, flows: bool) -> anyhow::Result<Sample> {
     let at = Instant::now();
-    let mono_ns = monotonic_ns();
     let global = global(maps)?;
     let mut frontends = HashMap::new();
     let mut backends = HashMap::new();
@@ -104,10 +93,6 @@ pub fn read(
             c.total += 1;
             *c.per_frontend.entry(v.frontend_id).or_default() += 1;
             *c.per_backend.entry(v.backend_id).or_default() += 1;
-            if since_ns.is_some_and(|t| v.created_ns > t) {
-                *c.new_per_frontend.entry(v.frontend_id).or_default() += 1;
-                c.new_total += 1;
-            }
         }
         Some(c)
     } else {
@@ -115,7 +100,6 @@ pub fn read(
     };
     Ok(Sample {
         at,
-        mono_ns,
         global,
         frontends,
         backends,
@@ -161,6 +145,13 @@ impl Sample {
 
     pub fn backend_rate(&self, prev: &Sample, id: u32) -> (f64, f64) {
         rate_of(&self.backends, &prev.backends, id, self.secs_since(prev))
+    }
+
+    /// New flows/s of frontend `id` since `prev` (the datapath's exact counter).
+    pub fn frontend_new_flows_rate(&self, prev: &Sample, id: u32) -> f64 {
+        let c = self.frontends.get(&id).copied().unwrap_or_default();
+        let p = prev.frontends.get(&id).copied().unwrap_or_default();
+        per_sec(p.new_flows, c.new_flows, self.secs_since(prev))
     }
 }
 

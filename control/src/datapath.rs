@@ -106,6 +106,7 @@ fn sum_counters(map: &PerCpuArray<MapData, Counter>, id: u32) -> anyhow::Result<
     Ok(v.iter().fold(Counter::default(), |a, c| Counter {
         packets: a.packets + c.packets,
         bytes: a.bytes + c.bytes,
+        new_flows: a.new_flows + c.new_flows,
     }))
 }
 

@@ -125,7 +125,7 @@ fn frontend_text(addr: Option<Ipv4Addr>, port: u16) -> String {
 pub fn services(args: &OutputArgs) -> anyhow::Result<()> {
     let dp = open(&args.pin)?;
     let snap = read_snapshot(&dp.pin_dir)?;
-    let sample = counters::read(&dp.maps, &snap, true, None)?;
+    let sample = counters::read(&dp.maps, &snap, true)?;
     let flows = sample.flows.clone().unwrap_or_default();
     let conns_fe = |id: u32| flows.per_frontend.get(&id).copied().unwrap_or(0);
     let conns_be = |id: u32| flows.per_backend.get(&id).copied().unwrap_or(0);
@@ -142,7 +142,8 @@ pub fn services(args: &OutputArgs) -> anyhow::Result<()> {
             service_conns += conns_fe(f.frontend_id);
             frontends.push(json!({
                 "addr": f.addr, "port": f.port, "kind": f.kind, "frontend_id": f.frontend_id,
-                "packets": c.packets, "bytes": c.bytes, "connections": conns_fe(f.frontend_id),
+                "packets": c.packets, "bytes": c.bytes, "new_flows": c.new_flows,
+                "connections": conns_fe(f.frontend_id),
             }));
         }
         let mut backends = Vec::new();
@@ -156,7 +157,7 @@ pub fn services(args: &OutputArgs) -> anyhow::Result<()> {
                 "addr": b.addr, "port": b.port, "node": b.node, "local": b.local,
                 "weight": b.weight, "state": b.state, "backend_id": b.backend_id,
                 "slots": b.slots, "packets": c.packets, "bytes": c.bytes,
-                "connections": conns_be(b.backend_id),
+                "new_flows": c.new_flows, "connections": conns_be(b.backend_id),
             }));
         }
         out.push(json!({
@@ -242,11 +243,11 @@ fn print_services(doc: &Value) -> String {
 /// `xlb stats`: every global counter; with `--interval`, read twice and add rates.
 pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     let dp = open(&args.out.pin)?;
-    let first = counters::read(&dp.maps, &Snapshot::default(), false, None)?;
+    let first = counters::read(&dp.maps, &Snapshot::default(), false)?;
     let (last, rates) = match args.interval {
         Some(iv) => {
             std::thread::sleep(iv);
-            let last = counters::read(&dp.maps, &Snapshot::default(), false, None)?;
+            let last = counters::read(&dp.maps, &Snapshot::default(), false)?;
             let rates = last.global_rates(&first);
             (last, Some(rates))
         }

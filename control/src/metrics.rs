@@ -443,7 +443,7 @@ fn number(v: f64) -> String {
 /// `st`. Prometheus text format 0.0.4, or OpenMetrics 1.0 (`# EOF`, counter families named
 /// without `_total`).
 pub fn render(maps: &Maps, st: &StatusView, openmetrics: bool) -> anyhow::Result<String> {
-    let sample = counters::read(maps, &st.snapshot, true, None)?;
+    let sample = counters::read(maps, &st.snapshot, true)?;
     let flows = sample.flows.clone().unwrap_or_default();
     let mut e = Expo {
         out: String::new(),
@@ -514,6 +514,20 @@ pub fn render(maps: &Maps, st: &StatusView, openmetrics: bool) -> anyhow::Result
         );
     }
     e.family(
+        "xlb_frontend_new_flows_total",
+        "counter",
+        "Flows (TCP connections, UDP flows) a frontend's traffic opened: connection-table entries created.",
+    );
+    for f in &fes {
+        let c = sample.frontends.get(&f.id).copied().unwrap_or_default();
+        metric(
+            &mut e,
+            "xlb_frontend_new_flows_total",
+            &fe_labels(f),
+            c.new_flows as f64,
+        );
+    }
+    e.family(
         "xlb_frontend_connections",
         "gauge",
         "Flows of a frontend in the connection table.",
@@ -554,6 +568,15 @@ pub fn render(maps: &Maps, st: &StatusView, openmetrics: bool) -> anyhow::Result
     for (id, l) in &bes {
         let c = sample.backends.get(id).copied().unwrap_or_default();
         metric(&mut e, "xlb_backend_bytes_total", l, c.bytes as f64);
+    }
+    e.family(
+        "xlb_backend_new_flows_total",
+        "counter",
+        "Flows the datapath sent to a backend: connection-table entries created for it.",
+    );
+    for (id, l) in &bes {
+        let c = sample.backends.get(id).copied().unwrap_or_default();
+        metric(&mut e, "xlb_backend_new_flows_total", l, c.new_flows as f64);
     }
     e.family(
         "xlb_backend_connections",

@@ -155,8 +155,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
         if let Ok(s) = inspect::read_snapshot(&dp.pin_dir) {
             snap = s;
         }
-        let since = prev.as_ref().map(|p| p.mono_ns);
-        let cur = counters::read(&dp.maps, &snap, true, since)?;
+        let cur = counters::read(&dp.maps, &snap, true)?;
         let lines = frame(&dp, &snap, prev.as_ref(), &cur, args);
         term.draw(&lines)?;
         prev = Some(cur);
@@ -184,7 +183,6 @@ fn frame(
     args: &TopArgs,
 ) -> Vec<String> {
     let flows = cur.flows.clone().unwrap_or_default();
-    let dt = prev.map(|p| cur.secs_since(p));
     let mut lines = vec![format!(
         "xlb top  {}  every {:.1}s  {}   (q quits)",
         dp.pin_dir.display(),
@@ -192,11 +190,12 @@ fn frame(
         output::clock()
     )];
 
-    // Totals over every frontend: exactly the forwarded packets.
-    let (mut fwd_pps, mut fwd_bps) = (0.0, 0.0);
+    // Totals over every frontend: exactly the forwarded packets and the new flows.
+    let (mut fwd_pps, mut fwd_bps, mut new_fps) = (0.0, 0.0, 0.0);
     if let Some(p) = prev {
         for id in cur.frontends.keys() {
             let (pps, bps) = cur.frontend_rate(p, *id);
+            new_fps += cur.frontend_new_flows_rate(p, *id);
             fwd_pps += pps;
             fwd_bps += bps * 8.0;
         }
@@ -221,7 +220,7 @@ fn frame(
         output::rate(prev.map(|_| fwd_bps)),
         output::rate(class_rate(ReasonClass::Passed)),
         output::rate(class_rate(ReasonClass::Dropped)),
-        output::rate(dt.map(|d| flows.new_total as f64 / d.max(1e-9))),
+        output::rate(prev.map(|_| new_fps)),
         flows.total,
         flows.capacity,
     ));
@@ -242,14 +241,7 @@ fn frame(
                 let (a, b) = cur.frontend_rate(p, f.frontend_id);
                 (Some(a), Some(b * 8.0))
             });
-            let new = dt.map(|d| {
-                flows
-                    .new_per_frontend
-                    .get(&f.frontend_id)
-                    .copied()
-                    .unwrap_or(0) as f64
-                    / d.max(1e-9)
-            });
+            let new = prev.map(|p| cur.frontend_new_flows_rate(p, f.frontend_id));
             fe.row(vec![
                 frontend_name(f.addr, f.port),
                 s.protocol.clone(),

@@ -305,3 +305,40 @@ fn reply_from_the_pod_leaves_with_the_frontend_address() {
     assert_eq!(out, other);
     assert_eq!(f.counter(Reason::ReplyPass), 1);
 }
+
+#[test]
+fn new_flows_are_counted_once_per_flow_per_frontend_and_backend() {
+    let mut f = fixture();
+    let svc = f
+        .rec
+        .snapshot()
+        .services
+        .iter()
+        .find(|s| s.name == WEB_HTTP)
+        .expect("web:http programmed")
+        .clone();
+    let frontend = |addr: Option<Ipv4Addr>| {
+        svc.frontends
+            .iter()
+            .find(|fe| fe.addr == addr)
+            .expect("frontend")
+            .frontend_id
+    };
+    let (vip, nodeport) = (frontend(Some(Ipv4Addr::from(VIP))), frontend(None));
+    for sport in 41000..41010u16 {
+        // The SYN opens the flow; the ACK after it is the same flow.
+        assert_eq!(f.xdp(&tcp(CLIENT, sport, VIP, 80, true)).0, XDP_PASS);
+        assert_eq!(f.xdp(&tcp(CLIENT, sport, VIP, 80, false)).0, XDP_PASS);
+    }
+    assert_eq!(f.xdp(&tcp(CLIENT, 41000, NODE, 30080, true)).0, XDP_PASS);
+    let fe = |id| f.rec.maps.frontend_counter(id).unwrap();
+    assert_eq!((fe(vip).new_flows, fe(vip).packets), (10, 20));
+    assert_eq!((fe(nodeport).new_flows, fe(nodeport).packets), (1, 1));
+    let per_backend: Vec<u64> = svc
+        .backends
+        .iter()
+        .map(|b| f.rec.maps.backend_counter(b.backend_id).unwrap().new_flows)
+        .collect();
+    assert_eq!(per_backend.iter().sum::<u64>(), 11, "{per_backend:?}");
+    assert_eq!(f.counter(Reason::CtNew), 11);
+}

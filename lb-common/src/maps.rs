@@ -9,7 +9,7 @@
 //! after it, so a new `xlb` never reads maps of an old layout.
 
 /// Pins live under `/sys/fs/bpf/xlb/ns-<netns cookie>/<LAYOUT_VERSION>/`.
-pub const LAYOUT_VERSION: &str = "v2";
+pub const LAYOUT_VERSION: &str = "v3";
 
 // ---- map names (the `#[btf_map]` statics in the kernel crate carry exactly these names) ----
 pub const MAP_FRONTENDS: &str = "XLB_FRONTENDS";
@@ -220,12 +220,16 @@ pub struct SvcBackendKey {
     pub backend_id: u32,
 }
 
-/// Packets and bytes, the value of the per-CPU frontend and backend counters.
+/// Packets, bytes and new flows: the value of the per-CPU frontend and backend counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+    /// Flows this frontend or backend was picked for: conntrack entries created (a new TCP
+    /// connection, a new UDP flow). Exact, unlike counting conntrack entries by age, which
+    /// misses flows evicted or expired between two readings.
+    pub new_flows: u64,
 }
 
 /// Geneve (RFC 8926), the encapsulation between an edge node and a backend's node. Chosen over
@@ -428,7 +432,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
 const _: () = assert!(core::mem::size_of::<RevNatValue>() == 8);
 const _: () = assert!(core::mem::size_of::<SrcRangeKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<Counter>() == 24);
 const _: () = assert!(core::mem::size_of::<GeneveHdr>() == 8);
 const _: () = assert!(core::mem::size_of::<FrontendOpt>() == 12);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);

@@ -262,7 +262,9 @@ fn record_flow(
     };
     if XLB_CONNTRACK.insert(key, &ct, 0).is_err() || XLB_REVNAT.insert(&reply, &rev, 0).is_err() {
         stats::count(Reason::CtInsertFailed);
+        return;
     }
+    stats::count_new_flow(fe.frontend_id, backend_id);
 }
 
 /// Destination NAT to the backend, with incremental IPv4 and TCP/UDP checksum updates.
