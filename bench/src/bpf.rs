@@ -28,67 +28,11 @@ pub const OBJ_FWD: &str = "xlb-fwd";
 pub const GEN_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 0);
 pub const GEN_PREFIX: u8 = 17;
 
-/// `XLB_SINK_STATS` indices (see `xdp/src/bin/sink.rs`).
-pub const SINK_PACKETS: u32 = 0;
-pub const SINK_BYTES: u32 = 1;
-pub const SINK_TO_POD: u32 = 2;
-pub const SINK_TO_OTHER: u32 = 3;
-pub const SINK_TCP_SYN: u32 = 4;
-pub const SINK_UDP: u32 = 5;
-pub const SINK_PASSED: u32 = 6;
-
-/// Mirror of `GenConfig` in `xdp/src/bin/gen.rs`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GenConfig {
-    pub random: u32,
-    pub flows: u32,
-    pub services: u32,
-    pub src_base: u32,
-    pub src_count: u32,
-    pub sport_base: u32,
-    pub sport_count: u32,
-    pub vip_base: u32,
-    pub t_saddr: u32,
-    pub t_daddr: u32,
-    pub t_sport: u16,
-    pub t_ip_csum: u16,
-    pub t_l4_csum: u16,
-    pub l4_csum_off: u16,
-    pub l4_csum_zero: u32,
-    pub hdr_tail: u32,
-}
-// SAFETY: repr(C), plain integers, no implicit padding (asserted below).
-unsafe impl aya::Pod for GenConfig {}
-const _: () = assert!(std::mem::size_of::<GenConfig>() == 56);
-
-/// Words of the template header the generator writes back into every frame (bytes 0..56;
-/// bytes 56..60 are `GenConfig::hdr_tail`).
-pub const GEN_HDR_WORDS: usize = 7;
-
-/// Mirror of `SinkConfig` in `xdp/src/bin/sink.rs`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SinkConfig {
-    pub pod_addr: u32,
-    pub pod_port: u16,
-    pub _pad: u16,
-}
-// SAFETY: as above.
-unsafe impl aya::Pod for SinkConfig {}
-const _: () = assert!(std::mem::size_of::<SinkConfig>() == 8);
-
-/// Mirror of `FwdPort` in `xdp/src/bin/fwd.rs`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FwdPort {
-    pub ifindex: u32,
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
-}
-// SAFETY: as above.
-unsafe impl aya::Pod for FwdPort {}
-const _: () = assert!(std::mem::size_of::<FwdPort>() == 16);
+// The benchmark programs' map layouts, defined once in lb-common.
+pub use lb_common::bench::{
+    FWD_MAX_PORTS, FwdPort, GEN_HDR_WORDS, GenConfig, SINK_BYTES, SINK_PACKETS, SINK_PASSED,
+    SINK_TCP_SYN, SINK_TO_OTHER, SINK_TO_POD, SINK_UDP, SinkConfig,
+};
 
 /// A raw packet word (what an XDP program reads with an unaligned `u32` load) for an address.
 pub fn raw_addr(a: Ipv4Addr) -> u32 {
@@ -318,8 +262,11 @@ impl Forwarder {
     /// Attaches to `iface` of `node`, forwarding to `ports` (node-side veth ifindex, pod MAC,
     /// node-side veth MAC).
     pub fn attach(node: &Host, iface: &str, ports: &[FwdPort]) -> Result<Forwarder> {
-        if ports.is_empty() || ports.len() > 64 {
-            bail!("the forwarder takes 1 to 64 ports, not {}", ports.len());
+        if ports.is_empty() || ports.len() > FWD_MAX_PORTS as usize {
+            bail!(
+                "the forwarder takes 1 to {FWD_MAX_PORTS} ports, not {}",
+                ports.len()
+            );
         }
         let mut ebpf = load_object(OBJ_FWD)?;
         {

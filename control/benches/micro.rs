@@ -26,6 +26,7 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use fib_netns::FibNetns;
+use lb_common::bench::{RESTORE_MAX_FRAME, RestoreFrame};
 use lb_common::maps::Reason;
 use xlb::{
     compile::compile,
@@ -39,18 +40,6 @@ use xlb::{
 static RESTORE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-restore"));
 const PROG_RESTORE: &str = "xlb_restore";
-const RESTORE_MAX_FRAME: usize = 256;
-
-/// Mirror of `Frame` in `xdp/src/bin/restore.rs`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RestoreFrame {
-    len: u32,
-    _pad: u32,
-    bytes: [u8; RESTORE_MAX_FRAME],
-}
-// SAFETY: repr(C), plain bytes and integers, no padding.
-unsafe impl aya::Pod for RestoreFrame {}
 
 const REPEAT: u32 = 200_000;
 const RUNS: usize = 5;

@@ -4,8 +4,10 @@
 //! * [`hash`]: the flow hash and the Maglev permutation hashes, specified bit for bit so that
 //!   every node computes the same numbers.
 //! * [`maglev`] (feature `std`): the Maglev lookup-table builder.
+//! * [`bench`]: the map layouts of the benchmark programs and `xlb-bench`.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod bench;
 pub mod hash;
 #[cfg(feature = "std")]
 pub mod maglev;

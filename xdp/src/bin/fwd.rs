@@ -14,22 +14,11 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use lb_common::bench::{FWD_MAX_PORTS, FwdPort};
 use xlb_xdp::parse;
 
-/// One pod: the node-side veth to redirect into and the MACs to write (layout mirrored in
-/// `bench/src/bpf.rs`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct FwdPort {
-    pub ifindex: u32,
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
-}
-
-pub const MAX_PORTS: u32 = 64;
-
 #[btf_map]
-static XLB_FWD_PORTS: Array<FwdPort, { MAX_PORTS as usize }> = Array::new();
+static XLB_FWD_PORTS: Array<FwdPort, { FWD_MAX_PORTS as usize }> = Array::new();
 
 /// [0]: number of ports in use.
 #[btf_map]
@@ -58,7 +47,7 @@ pub fn xlb_fwd(ctx: XdpContext) -> u32 {
         }
     };
     let n = XLB_FWD_CONFIG.get(0).copied().unwrap_or(0);
-    if n == 0 || n > MAX_PORTS {
+    if n == 0 || n > FWD_MAX_PORTS {
         count(1);
         return common::XDP_PASS;
     }

@@ -18,34 +18,9 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use lb_common::bench::{GEN_HDR_WORDS, GenConfig};
 
-/// Written by user space before the run (layout mirrored in `bench/src/bpf.rs`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GenConfig {
-    /// 0: cycle through `flows` flows; 1: a random flow per packet.
-    pub random: u32,
-    pub flows: u32,
-    pub services: u32,
-    pub src_base: u32,
-    pub src_count: u32,
-    pub sport_base: u32,
-    pub sport_count: u32,
-    pub vip_base: u32,
-    /// The template frame's own fields (raw packet words) and checksums.
-    pub t_saddr: u32,
-    pub t_daddr: u32,
-    pub t_sport: u16,
-    pub t_ip_csum: u16,
-    pub t_l4_csum: u16,
-    /// Offset of the L4 checksum (TCP 50, UDP 40 for an untagged frame).
-    pub l4_csum_off: u16,
-    /// Whether the L4 checksum covers the pseudo header (UDP checksum 0 stays 0).
-    pub l4_csum_zero: u32,
-    /// Bytes 56..60 of the template (the rest of its headers are in `XLB_GEN_HEADER`).
-    pub hdr_tail: u32,
-}
-
+/// Written by user space before the run.
 #[btf_map]
 static XLB_GEN_CONFIG: Array<GenConfig, 1> = Array::new();
 
@@ -56,7 +31,7 @@ static XLB_GEN_CONFIG: Array<GenConfig, 1> = Array::new();
 #[btf_map]
 static XLB_GEN_HEADER: Array<[u64; HDR_WORDS], 1> = Array::new();
 
-const HDR_WORDS: usize = 7;
+const HDR_WORDS: usize = GEN_HDR_WORDS;
 /// 56 bytes of words plus 4 more: 60 bytes, a 64-byte frame without its FCS.
 const HDR_LEN: usize = HDR_WORDS * 8 + 4;
 

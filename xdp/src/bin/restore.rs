@@ -15,21 +15,11 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use lb_common::bench::{RESTORE_MAX_FRAME, RestoreFrame};
 
-/// Longest frame the wrapper restores.
-pub const MAX_FRAME: usize = 256;
-
-/// The original frame (layout mirrored in `control/benches/micro.rs`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Frame {
-    pub len: u32,
-    pub _pad: u32,
-    pub bytes: [u8; MAX_FRAME],
-}
-
+/// The original frame.
 #[btf_map]
-static XLB_RESTORE_FRAME: Array<Frame, 1> = Array::new();
+static XLB_RESTORE_FRAME: Array<RestoreFrame, 1> = Array::new();
 
 #[btf_map]
 static XLB_RESTORE_PROGS: ProgramArray<1> = ProgramArray::new();
@@ -54,7 +44,7 @@ pub fn xlb_restore(ctx: XdpContext) -> u32 {
     let want = frame.len as usize;
     // Whole words only (pad frames with Ethernet padding to a multiple of 8): byte-granular
     // packet writes at computed offsets do not pass the verifier.
-    if want == 0 || want > MAX_FRAME || want % 8 != 0 {
+    if want == 0 || want > RESTORE_MAX_FRAME || want % 8 != 0 {
         return common::XDP_DROP;
     }
     let have = ctx.data_end() - ctx.data();
@@ -68,12 +58,12 @@ pub fn xlb_restore(ctx: XdpContext) -> u32 {
     }
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let mut i = 0;
-    while i < MAX_FRAME / 8 {
+    while i < RESTORE_MAX_FRAME / 8 {
         let off = i * 8;
         if off >= want || data + off + 8 > data_end {
             break;
         }
-        // SAFETY: bounds checked just above; the map value holds MAX_FRAME bytes.
+        // SAFETY: bounds checked just above; the map value holds RESTORE_MAX_FRAME bytes.
         unsafe {
             let v = core::ptr::read_unaligned(frame.bytes.as_ptr().add(off) as *const u64);
             core::ptr::write_unaligned((data + off) as *mut u64, v);
