@@ -46,7 +46,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         stats::count(Reason::DropSourceRange);
         return xdp_action::XDP_DROP;
     }
-    let (backend_id, backend) = match decide(&hdr, &fe) {
+    let (backend_id, backend, new_flow) = match decide(&hdr, &fe) {
         Ok(b) => b,
         Err(reason) => {
             stats::count(reason);
@@ -54,8 +54,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
         }
     };
     let bytes = (data_end - data) as u64;
-    stats::count_frontend(fe.frontend_id, bytes);
-    stats::count_backend(backend_id, bytes);
+    stats::count_frontend(fe.frontend_id, bytes, new_flow);
+    stats::count_backend(backend_id, bytes, new_flow);
     if backend.flags & BACKEND_F_LOCAL == 0 {
         return encap::forward_remote(ctx, &hdr, &backend, || {
             rewrite_dnat(ctx.data(), ctx.data_end(), &hdr, &backend)
@@ -112,10 +112,10 @@ fn admit(hdr: &Headers, fe: &FrontendValue) -> bool {
     XLB_SRC_RANGES.get(&key).is_some()
 }
 
-/// Conntrack first (a SYN re-picks), then Maglev for new flows. Returns the backend id and its
-/// record, or the drop reason.
+/// Conntrack first (a SYN re-picks), then Maglev for new flows. Returns the backend id, its
+/// record and whether a conntrack entry was created for it, or the drop reason.
 #[inline(always)]
-fn decide(hdr: &Headers, fe: &FrontendValue) -> Result<(u32, Backend), Reason> {
+fn decide(hdr: &Headers, fe: &FrontendValue) -> Result<(u32, Backend, bool), Reason> {
     let key = FlowKey {
         src_addr: hdr.saddr,
         dst_addr: hdr.daddr,
@@ -137,7 +137,7 @@ fn decide(hdr: &Headers, fe: &FrontendValue) -> Result<(u32, Backend), Reason> {
                     unsafe { (*ct).last_seen_ns = now };
                 }
                 stats::count(Reason::CtHit);
-                return Ok((backend_id, b));
+                return Ok((backend_id, b, false));
             }
             stats::count(Reason::CtStaleBackend);
         }
@@ -148,9 +148,9 @@ fn decide(hdr: &Headers, fe: &FrontendValue) -> Result<(u32, Backend), Reason> {
     };
     let b = backend(backend_id).ok_or(Reason::DropNoBackend)?;
     remember_affinity(hdr, fe, backend_id, now);
-    record_flow(&key, hdr, fe, backend_id, &b, now);
+    let created = record_flow(&key, hdr, fe, backend_id, &b, now);
     stats::count(Reason::CtNew);
-    Ok((backend_id, b))
+    Ok((backend_id, b, created))
 }
 
 #[inline(always)]
@@ -231,7 +231,8 @@ fn maglev_pick(hdr: &Headers, fe: &FrontendValue) -> Result<u32, Reason> {
     Ok(id)
 }
 
-/// Conntrack for the client's direction, reverse NAT for the reply's.
+/// Conntrack for the client's direction, reverse NAT for the reply's; whether both were
+/// written.
 #[inline(always)]
 fn record_flow(
     key: &FlowKey,
@@ -240,7 +241,7 @@ fn record_flow(
     backend_id: u32,
     b: &Backend,
     now: u64,
-) {
+) -> bool {
     let ct = CtValue {
         backend_id,
         frontend_id: fe.frontend_id,
@@ -262,9 +263,9 @@ fn record_flow(
     };
     if XLB_CONNTRACK.insert(key, &ct, 0).is_err() || XLB_REVNAT.insert(&reply, &rev, 0).is_err() {
         stats::count(Reason::CtInsertFailed);
-        return;
+        return false;
     }
-    stats::count_new_flow(fe.frontend_id, backend_id);
+    true
 }
 
 /// Destination NAT to the backend, with incremental IPv4 and TCP/UDP checksum updates.
