@@ -326,6 +326,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes a scenario's JSON (`<dir>/<name>.json`) and says where.
+fn save<T: serde::Serialize>(dir: &std::path::Path, name: &str, rep: &T) -> Result<()> {
+    let path = scenarios::write_json(dir, name, rep)?;
+    out!("wrote {}", path.display());
+    Ok(())
+}
+
 /// Prints a scenario's problems (and, for `--quick`, the verdict line the smoke tests look
 /// for); whether it passed.
 fn conclude(name: &str, quick: bool, problems: &[String]) -> bool {
@@ -369,8 +376,7 @@ fn gen_cmd(a: &GenArgs) -> Result<bool> {
         threads: t.threads,
     })?;
     generator::print(&rep);
-    let path = scenarios::write_json(&t.out, "gen", &rep)?;
-    out!("wrote {}", path.display());
+    save(&t.out, "gen", &rep)?;
     Ok(rep.runs.iter().all(|r| r.problems.is_empty()))
 }
 
@@ -400,24 +406,21 @@ fn latency_cmd(a: &LatencyArgs) -> Result<bool> {
     let rep = latency::run(&opts)?;
     latency::print(&rep);
     let name = if a.quick { "latency-quick" } else { "latency" };
-    let path = scenarios::write_json(&a.out, name, &rep)?;
-    out!("wrote {}", path.display());
+    save(&a.out, name, &rep)?;
     Ok(conclude("latency", a.quick, &rep.problems()))
 }
 
 fn micro_cmd(a: &OutArgs) -> Result<bool> {
     let rep = micro::run(&a.out)?;
     micro::print(&rep);
-    let path = scenarios::write_json(&a.out, "micro", &rep)?;
-    out!("wrote {}", path.display());
+    save(&a.out, "micro", &rep)?;
     Ok(true)
 }
 
 fn maglev_cmd(a: &MaglevArgs) -> Result<bool> {
     let rep = maglev::run(&a.m, &a.n, a.timing_runs as usize)?;
     maglev::print(&rep);
-    let path = scenarios::write_json(&a.out.out, "maglev", &rep)?;
-    out!("wrote {}", path.display());
+    save(&a.out.out, "maglev", &rep)?;
     Ok(true)
 }
 
@@ -439,8 +442,7 @@ fn control_cmd(a: &ControlArgs) -> Result<bool> {
     let rep = control::run(&opts)?;
     control::print(&rep);
     let name = if a.quick { "control-quick" } else { "control" };
-    let path = scenarios::write_json(&a.out, name, &rep)?;
-    out!("wrote {}", path.display());
+    save(&a.out, name, &rep)?;
     Ok(conclude("control", a.quick, &rep.problems()))
 }
 
@@ -509,8 +511,7 @@ fn forward_cmd(a: &ForwardArgs) -> Result<bool> {
     forward::print(&rep);
     // One file per lab and mix, so a `--mix syn` or `--lab dsr` run does not replace another.
     let name = forward::file_name(a.lab, t.mix, a.quick);
-    let path = scenarios::write_json(&t.out, &name, &rep)?;
-    out!("wrote {}", path.display());
+    save(&t.out, &name, &rep)?;
     Ok(conclude("forward", a.quick, &rep.problems()))
 }
 

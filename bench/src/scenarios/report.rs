@@ -333,7 +333,8 @@ fn svg_y(v: f64, max: f64) -> f64 {
     SVG_H - SVG_B - v.min(max) / max * (SVG_H - SVG_T - SVG_B)
 }
 
-/// An open `<svg>` with its background, title, axes and five y ticks labelled by `label`.
+/// An open `<svg>` with its background, title, axes, five y ticks labelled by `label`, the x
+/// axis's title (Services programmed) and the paths' legend.
 fn svg_frame(title: &str, max: f64, label: impl Fn(f64) -> String) -> String {
     let (w, h, l, r, t, b) = (SVG_W, SVG_H, SVG_L, SVG_R, SVG_T, SVG_B);
     let mut svg = String::new();
@@ -362,6 +363,17 @@ fn svg_frame(title: &str, max: f64, label: impl Fn(f64) -> String) -> String {
         )
         .unwrap();
     }
+    let x = (l + w - r) / 2.0;
+    writeln!(
+        svg,
+        "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">Services programmed</text>",
+        h - 10.0
+    )
+    .unwrap();
+    for (i, (p, color)) in PATHS.iter().zip(COLORS).enumerate() {
+        let y = t + 20.0 + 18.0 * i as f64;
+        writeln!(svg, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"{}\" y=\"{y}\">{p}</text>", w - r + 15.0, y - 10.0, w - r + 32.0).unwrap();
+    }
     svg
 }
 
@@ -385,7 +397,7 @@ pub fn latency_svg(lat: &Value, kind: &str) -> Option<String> {
         .map(|r| f(&r["latency"], "p99_us"))
         .fold(1.0, f64::max)
         * 1.15;
-    let (w, h, l, r, t, b) = (SVG_W, SVG_H, SVG_L, SVG_R, SVG_T, SVG_B);
+    let (w, h, l, r, b) = (SVG_W, SVG_H, SVG_L, SVG_R, SVG_B);
     let group = (w - l - r) / ns.len() as f64;
     let bar = group * 0.8 / PATHS.len() as f64;
     let ly = |v: f64| svg_y(v, max);
@@ -437,17 +449,6 @@ pub fn latency_svg(lat: &Value, kind: &str) -> Option<String> {
             .unwrap();
         }
     }
-    writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">Services programmed</text>",
-        (l + w - r) / 2.0,
-        h - 10.0
-    )
-    .unwrap();
-    for (i, p) in PATHS.iter().enumerate() {
-        let ty = t + 20.0 + 18.0 * i as f64;
-        writeln!(svg, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{p}</text>", w - r + 15.0, ty - 10.0, COLORS[i], w - r + 32.0, ty).unwrap();
-    }
     svg.push_str("</svg>\n");
     Some(svg)
 }
@@ -455,7 +456,6 @@ pub fn latency_svg(lat: &Value, kind: &str) -> Option<String> {
 /// An SVG line chart of delivered packets/s against Services (log scale) per path.
 pub fn forward_svg(fw: &Value) -> String {
     let meds = fw["medians"].as_array().cloned().unwrap_or_default();
-    let (paths, colors) = (PATHS, COLORS);
     let ns: Vec<u64> = fw["options"]["services"]
         .as_array()
         .into_iter()
@@ -467,7 +467,7 @@ pub fn forward_svg(fw: &Value) -> String {
         .filter_map(|m| m[2].as_f64())
         .fold(1.0, f64::max)
         * 1.1;
-    let (w, h, l, r, t, b) = (SVG_W, SVG_H, SVG_L, SVG_R, SVG_T, SVG_B);
+    let (w, h, l, r, b) = (SVG_W, SVG_H, SVG_L, SVG_R, SVG_B);
     let lx = |n: u64| {
         let (lo, hi) = (
             (*ns.first().unwrap_or(&1) as f64).max(1.0).log10(),
@@ -491,14 +491,7 @@ pub fn forward_svg(fw: &Value) -> String {
         )
         .unwrap();
     }
-    writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">Services programmed</text>",
-        (l + w - r) / 2.0,
-        h - 10.0
-    )
-    .unwrap();
-    for (i, p) in paths.iter().enumerate() {
+    for (p, color) in PATHS.iter().zip(COLORS) {
         let pts: Vec<String> = ns
             .iter()
             .filter_map(|&n| {
@@ -514,7 +507,7 @@ pub fn forward_svg(fw: &Value) -> String {
         writeln!(
             svg,
             "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
-            colors[i],
+            color,
             pts.join(" ")
         )
         .unwrap();
@@ -523,12 +516,10 @@ pub fn forward_svg(fw: &Value) -> String {
             writeln!(
                 svg,
                 "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{}\"/>",
-                colors[i]
+                color
             )
             .unwrap();
         }
-        let ty = t + 20.0 + 18.0 * i as f64;
-        writeln!(svg, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{p}</text>", w - r + 15.0, ty - 10.0, colors[i], w - r + 32.0, ty).unwrap();
     }
     svg.push_str("</svg>\n");
     svg
