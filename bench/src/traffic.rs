@@ -43,6 +43,14 @@ pub const SRC_COUNT: u32 = 32_000;
 pub const SPORT_BASE: u16 = 10_000;
 pub const SPORT_COUNT: u32 = 50_000;
 
+/// Fails unless every count in `services` is one the VIP scheme can address.
+pub fn check_service_counts(services: &[u32]) -> Result<()> {
+    if let Some(&n) = services.iter().find(|&&n| n == 0 || n > MAX_SERVICES) {
+        bail!("{n} Services: use 1..={MAX_SERVICES}");
+    }
+    Ok(())
+}
+
 /// The VIP of benchmark Service `s`.
 pub fn vip(s: u32) -> Ipv4Addr {
     let b = u32::from(VIP_BASE);
@@ -196,9 +204,7 @@ pub fn build_frame(
 
 /// The generator's template frame and its configuration.
 pub fn template(t: &Traffic) -> Result<(Vec<u8>, GenConfig)> {
-    if t.services == 0 || t.services > MAX_SERVICES {
-        bail!("services must be 1..={MAX_SERVICES}");
-    }
+    check_service_counts(&[t.services])?;
     if t.flows == 0 {
         bail!("flows must be at least 1");
     }

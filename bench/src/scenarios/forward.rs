@@ -826,13 +826,7 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     if opts.paths.is_empty() || opts.services.is_empty() {
         bail!("nothing to measure");
     }
-    if let Some(&n) = opts
-        .services
-        .iter()
-        .find(|&&n| n == 0 || n > traffic::MAX_SERVICES)
-    {
-        bail!("{n} Services: use 1..={}", traffic::MAX_SERVICES);
-    }
+    traffic::check_service_counts(&opts.services)?;
     let mut runs = Vec::new();
     let total = opts.rounds * opts.services.len() * opts.paths.len();
     let mut k = 0;

@@ -487,13 +487,7 @@ pub fn run(o: &LatencyOptions) -> Result<LatencyReport> {
     if o.paths.is_empty() || o.services.is_empty() || o.kinds.is_empty() {
         bail!("nothing to measure");
     }
-    if let Some(&n) = o
-        .services
-        .iter()
-        .find(|&&n| n == 0 || n > traffic::MAX_SERVICES)
-    {
-        bail!("{n} Services: use 1..={}", traffic::MAX_SERVICES);
-    }
+    traffic::check_service_counts(&o.services)?;
     if o.transactions == 0 {
         bail!("--transactions must be at least 1");
     }
