@@ -18,6 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::Ebpf;
 use aya::maps::{Array, MapData};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+use lb_common::csum;
 
 use crate::bpf::{self, GenConfig, OBJ_GEN, raw_addr, raw_port};
 use crate::lab::Host;
@@ -108,23 +109,16 @@ pub struct Traffic {
     pub src_mac: [u8; 6],
 }
 
-/// The one's-complement checksum of `data` (RFC 1071), folded, not inverted.
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
+/// `acc` plus the one's-complement sum of `data` as 16-bit words (RFC 1071), not yet folded.
+fn sum16(data: &[u8], mut acc: u64) -> u64 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
+        acc += u16::from_be_bytes([c[0], c[1]]) as u64;
     }
     if let [last] = chunks.remainder() {
-        acc += (*last as u32) << 8;
+        acc += (*last as u64) << 8;
     }
     acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
 }
 
 /// An IPv4 frame: Ethernet, IPv4 (DF), TCP (20 bytes) or UDP, payload filling the frame; with
@@ -163,7 +157,7 @@ pub fn build_frame(
         ip[9] = proto;
         ip[12..16].copy_from_slice(&saddr.octets());
         ip[16..20].copy_from_slice(&daddr.octets());
-        let c = !fold(sum16(ip, 0));
+        let c = !csum::fold(sum16(ip, 0));
         ip[10..12].copy_from_slice(&c.to_be_bytes());
     }
     let payload_start = 34 + l4_len;
@@ -193,7 +187,7 @@ pub fn build_frame(
     pseudo.extend_from_slice(&daddr.octets());
     pseudo.extend_from_slice(&[0, proto]);
     pseudo.extend_from_slice(&(seg_len as u16).to_be_bytes());
-    let mut c = !fold(sum16(&f[34..14 + ip_len], sum16(&pseudo, 0)));
+    let mut c = !csum::fold(sum16(&f[34..14 + ip_len], sum16(&pseudo, 0)));
     if proto == 17 && c == 0 {
         c = 0xffff;
     }
@@ -439,14 +433,18 @@ mod tests {
 
     /// Checks a frame's IPv4 and L4 checksums by summing them (a correct one sums to 0xffff).
     fn check(f: &[u8], proto: u8) {
-        assert_eq!(fold(sum16(&f[14..34], 0)), 0xffff, "IPv4 checksum");
+        assert_eq!(csum::fold(sum16(&f[14..34], 0)), 0xffff, "IPv4 checksum");
         let ip_len = u16::from_be_bytes([f[16], f[17]]) as usize;
         let seg = &f[34..14 + ip_len];
         let mut pseudo = Vec::new();
         pseudo.extend_from_slice(&f[26..34]);
         pseudo.extend_from_slice(&[0, proto]);
         pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
-        assert_eq!(fold(sum16(seg, sum16(&pseudo, 0))), 0xffff, "L4 checksum");
+        assert_eq!(
+            csum::fold(sum16(seg, sum16(&pseudo, 0))),
+            0xffff,
+            "L4 checksum"
+        );
     }
 
     #[test]
@@ -476,26 +474,8 @@ mod tests {
     /// comparing with a frame built from scratch checks the configuration it is given.
     #[test]
     fn incremental_patch_equals_fresh_frame() {
-        fn replace4(check: u16, old: u32, new: u32) -> u16 {
-            let not_old = !old;
-            let sum = (!check) as u64
-                + (not_old >> 16) as u64
-                + (not_old & 0xffff) as u64
-                + (new >> 16) as u64
-                + (new & 0xffff) as u64;
-            let mut s = sum;
-            for _ in 0..3 {
-                s = (s & 0xffff) + (s >> 16);
-            }
-            !(s as u16)
-        }
-        fn replace2(check: u16, old: u16, new: u16) -> u16 {
-            let mut s = (!check) as u64 + (!old) as u64 + new as u64;
-            for _ in 0..3 {
-                s = (s & 0xffff) + (s >> 16);
-            }
-            !(s as u16)
-        }
+        // The datapath's own arithmetic, which the generator program uses.
+        use lb_common::csum::{replace2, replace4};
         for mix in [Mix::Established, Mix::Udp] {
             let t = traffic(mix);
             let (_, cfg) = template(&t).unwrap();

@@ -4,10 +4,12 @@
 //! * [`hash`]: the flow hash and the Maglev permutation hashes, specified bit for bit so that
 //!   every node computes the same numbers.
 //! * [`maglev`] (feature `std`): the Maglev lookup-table builder.
+//! * [`csum`]: Internet checksum updates, the same in the kernel programs and their tests.
 //! * [`bench`]: the map layouts of the benchmark programs and `xlb-bench`.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod bench;
+pub mod csum;
 pub mod hash;
 #[cfg(feature = "std")]
 pub mod maglev;

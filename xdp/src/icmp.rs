@@ -2,6 +2,7 @@
 //! the egress MTU: the client's path MTU discovery then sends smaller packets.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use lb_common::maps::Reason;
+use xlb_xdp::csum;
 use xlb_xdp::parse::{Headers, read};
 
 use crate::stats;
@@ -36,13 +37,6 @@ struct IcmpTooBig {
 }
 
 const _: () = assert!(core::mem::size_of::<IcmpTooBig>() == ICMP_PKT_LEN);
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
 
 /// Turns the packet into an ICMP fragmentation-needed to its sender, from the address it was
 /// sent to, advertising `mtu`, and sends it back out (`XDP_TX`).
@@ -83,15 +77,14 @@ pub fn too_big(ctx: &XdpContext, hdr: &Headers, mtu: u16) -> u32 {
     unsafe { core::ptr::write_unaligned(data as *mut [u8; 12], swapped) };
 
     let (src, dst) = (u32::from_be(hdr.daddr), u32::from_be(hdr.saddr));
-    let ip_check = fold(
-        0x4500
-            + ICMP_PKT_LEN as u32
-            + ((64u32 << 8) | IPPROTO_ICMP as u32)
-            + (src >> 16)
-            + (src & 0xffff)
-            + (dst >> 16)
-            + (dst & 0xffff),
-    );
+    let ip_sum = 0x4500
+        + ICMP_PKT_LEN as u32
+        + ((64u32 << 8) | IPPROTO_ICMP as u32)
+        + (src >> 16)
+        + (src & 0xffff)
+        + (dst >> 16)
+        + (dst & 0xffff);
+    let ip_check = !csum::fold(ip_sum as u64);
     let mut icmp_sum = ((ICMP_DEST_UNREACH as u32) << 8) | ICMP_FRAG_NEEDED as u32;
     icmp_sum += mtu as u32;
     let mut i = 0;
@@ -112,7 +105,7 @@ pub fn too_big(ctx: &XdpContext, hdr: &Headers, mtu: u16) -> u32 {
         daddr: hdr.saddr,
         icmp_type: ICMP_DEST_UNREACH,
         code: ICMP_FRAG_NEEDED,
-        icmp_check: fold(icmp_sum).to_be(),
+        icmp_check: (!csum::fold(icmp_sum as u64)).to_be(),
         unused: 0,
         mtu: mtu.to_be(),
         quote,

@@ -2,5 +2,5 @@
 //! are the binary targets: `xlb-xdp` (the datapath) and `xlb-floor` (the benchmark floor).
 #![no_std]
 
-pub mod csum;
+pub use lb_common::csum;
 pub mod parse;

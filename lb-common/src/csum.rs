@@ -1,10 +1,12 @@
-//! Incremental Internet checksum updates (RFC 1624) for XDP, which has no checksum helpers.
+//! Internet checksum arithmetic: incremental updates (RFC 1624) for the XDP programs, which have
+//! no checksum helpers, and the fold the frame builders of user space share.
 //!
 //! Values are the raw header words as loaded from the packet (network order bytes read in host
 //! order): the one's-complement sum commutes with byte swapping, so no conversion is needed.
 
+/// A one's-complement sum folded to 16 bits (not inverted).
 #[inline(always)]
-fn fold(mut sum: u64) -> u16 {
+pub fn fold(mut sum: u64) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
