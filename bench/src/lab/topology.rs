@@ -760,38 +760,11 @@ mod tests {
         );
     }
 
+    /// The DSR lab with the pod subnets routed (as a flat pod network would).
     fn two_edges_two_backends() -> LabSpec {
-        let node = |name: &str, last: u8, edge: bool, subnet: u8, pods: &[&str]| NodeSpec {
-            name: name.into(),
-            addr: Ipv4Addr::new(198, 18, 0, last),
-            edge,
-            pod_gateway: Ipv4Addr::new(198, 18, subnet, 1),
-            pod_subnet: Cidr::new(Ipv4Addr::new(198, 18, subnet, 0), 24),
-            pods: pods
-                .iter()
-                .enumerate()
-                .map(|(i, p)| PodSpec {
-                    name: (*p).into(),
-                    addr: Ipv4Addr::new(198, 18, subnet, 11 + i as u8),
-                })
-                .collect(),
-        };
         LabSpec {
-            fabric: Fabric::Bridge,
-            subnet: Cidr::new(Ipv4Addr::new(198, 18, 0, 0), 24),
-            clients: vec![ClientSpec {
-                name: "client".into(),
-                addr: Ipv4Addr::new(198, 18, 0, 10),
-            }],
-            nodes: vec![
-                node("edge-a", 2, true, 1, &[]),
-                node("edge-b", 3, true, 2, &[]),
-                node("node-c", 4, false, 3, &["c1", "c2"]),
-                node("node-d", 5, false, 4, &["d1"]),
-            ],
-            vips: vec![DEFAULT_VIP],
-            ipv6: false,
             pod_routes: true,
+            ..LabSpec::dsr()
         }
     }
 
