@@ -12,18 +12,9 @@ fn main() -> anyhow::Result<()> {
     if env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
         // Library-only builds (e.g. unit tests of pure modules) skip the kernel build; the
         // loader then reports at run time that this binary carries no programs.
-        for name in [
-            "xlb-xdp",
-            "xlb-floor",
-            "xlb-gen",
-            "xlb-sink",
-            "xlb-fwd",
-            "xlb-restore",
-        ] {
-            let object = out.join(name);
-            if !object.exists() {
-                fs::write(&object, b"")?;
-            }
+        let object = out.join("xlb-xdp");
+        if !object.exists() {
+            fs::write(&object, b"")?;
         }
         return Ok(());
     }
@@ -34,10 +25,16 @@ fn main() -> anyhow::Result<()> {
     let root = env::var("CARGO_MANIFEST_DIR")?;
     let xdp_dir = PathBuf::from(root).join("../xdp");
     let xdp_dir = xdp_dir.to_str().context("non-UTF-8 path")?;
+    let features: &[&str] = if env::var_os("CARGO_FEATURE_LAYOUT_NEXT").is_some() {
+        &["layout-next"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [Package {
             name: "xlb-xdp",
             root_dir: xdp_dir,
+            features,
             ..Default::default()
         }],
         Toolchain::Custom("xlb-bpf"),

@@ -31,7 +31,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if command -v rustup >/dev/null; then
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
     # Kernel programs: Debian's rustc-web registered as the rustup toolchain `xlb-bpf`, used by
-    # control/build.rs through aya-build's Toolchain::Custom("xlb-bpf") with RUSTC_BOOTSTRAP=1.
+    # control/build.rs and bench/build.rs through aya-build's Toolchain::Custom("xlb-bpf") with
+    # RUSTC_BOOTSTRAP=1.
     TC_DIR=/opt/xlb-bpf-toolchain
     if ! rustup run xlb-bpf rustc --version >/dev/null 2>&1; then
         log "registering Debian rustc-web as rustup toolchain xlb-bpf"

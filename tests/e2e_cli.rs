@@ -15,46 +15,36 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
+use xlb_api::{FlushReport, MaglevOutput, WatchEvent};
 use xlb_bench::lab::netns::{COMMAND_TIMEOUT, run_with_timeout};
 use xlb_bench::lab::*;
 use xlb_e2e::*;
 
-/// Runs the CLI of `t`'s xlb and parses its JSON output.
-fn json(xlb: &XlbProcess<'_>, args: &[&str]) -> Result<Value> {
+/// How long a connection census of the lab's small table may take to come round.
+const CENSUS_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Runs the CLI of `t`'s xlb and parses its JSON output as the contract type `T`.
+fn json<T: serde::de::DeserializeOwned>(xlb: &XlbProcess<'_>, args: &[&str]) -> Result<T> {
     let out = xlb.cli(args)?;
     serde_json::from_str(&out).with_context(|| format!("`xlb {}` printed {out}", args.join(" ")))
 }
 
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
-}
-
 /// The entry of `xlb services -o json` named `name`.
-fn service<'a>(doc: &'a Value, name: &str) -> Result<&'a Value> {
-    doc["services"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .with_context(|| format!("no service {name} in {doc}"))
+fn service<'a>(doc: &'a ServicesOutput, name: &str) -> Result<&'a ServiceStatus> {
+    doc.service(name)
+        .with_context(|| format!("no service {name} in {doc:?}"))
 }
 
 /// The frontend of `svc` at `addr` (`None`: the NodePort) and `port`.
-fn frontend(svc: &Value, addr: Option<Ipv4Addr>, port: u16) -> Result<&Value> {
-    let want = addr
-        .map(|a| Value::String(a.to_string()))
-        .unwrap_or(Value::Null);
-    svc["frontends"]
-        .as_array()
-        .and_then(|a| a.iter().find(|f| f["addr"] == want && f["port"] == port))
-        .with_context(|| format!("no frontend {addr:?}:{port} in {svc}"))
-}
-
-fn sum(svc: &Value, list: &str, field: &str) -> u64 {
-    svc[list]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| u(&x[field]))
-        .sum()
+fn frontend(svc: &ServiceStatus, addr: Option<Ipv4Addr>, port: u16) -> Result<&FrontendStatus> {
+    svc.frontend(addr, port)
+        .with_context(|| format!("no frontend {addr:?}:{port} in {svc:?}"))
 }
 
 /// Connections per pod address.
@@ -95,62 +85,88 @@ fn inspection_commands_count_the_traffic_sent() {
             let r = udp_request(client, vip, Some(port), IO_TIMEOUT)?;
             udp_pods.insert(port, t.pod_addr(&r.pod));
         }
+        let sent = unix_now();
 
-        // xlb services: connections per frontend and backend, packets on both sides.
-        let doc = json(t.xlb, &["services", "-o", "json"])?;
+        // The clients' last ACKs of their closes may still be on their way when the calls
+        // above return. The reads below compare counters taken at different moments, so wait
+        // until the datapath has forwarded nothing for a while (bounded).
+        let settle = Instant::now() + Duration::from_secs(10);
+        let mut seen = t.xlb.stats()?.counters["forward_local"];
+        loop {
+            std::thread::sleep(Duration::from_millis(400));
+            let now = t.xlb.stats()?.counters["forward_local"];
+            if now == seen {
+                break;
+            }
+            ensure!(Instant::now() < settle, "traffic still arriving after 10 s");
+            seen = now;
+        }
+
+        // xlb services: connections per frontend and backend (from a census of xlb run taken
+        // after the traffic), packets on both sides.
+        let doc = t.xlb.services_counted_after(sent, CENSUS_TIMEOUT)?;
         let svc = service(&doc, &http)?;
-        ensure!(u(&frontend(svc, Some(t.vip()), WEB_PORT)?["connections"]) == 30);
-        ensure!(u(&frontend(svc, None, WEB_NODE_PORT)?["connections"]) == 20);
-        ensure!(u(&svc["connections"]) == 50);
+        // Every TCP connection was closed by the client (FIN): none is active any more, all
+        // 50 are still in the table (the close timeout), with the 10 UDP flows.
+        ensure!(frontend(svc, Some(t.vip()), WEB_PORT)?.connections == 0);
+        ensure!(frontend(svc, None, WEB_NODE_PORT)?.connections == 0);
+        ensure!(svc.connections == 0);
+        ensure!(
+            doc.conntrack.entries == 60 && doc.conntrack.active == 10,
+            "{:?}",
+            doc.conntrack
+        );
         let want = per_pod_addr(t.lab, &[&to_vip, &to_np]);
-        for b in svc["backends"].as_array().unwrap() {
-            let addr: Ipv4Addr = b["addr"].as_str().unwrap().parse()?;
-            let n = want.get(&addr).copied().unwrap_or(0);
+        for b in &svc.backends {
+            let n = want.get(&b.addr).copied().unwrap_or(0);
             ensure!(
-                u(&b["connections"]) == n,
-                "backend {addr}: xlb counts {} connections, the pods answered {n}",
-                b["connections"]
+                b.connections == 0,
+                "backend {}: xlb counts {} active connections, all {n} closed",
+                b.addr,
+                b.connections
             );
             // The datapath's exact new-flow counter agrees: each connection opened one flow.
             ensure!(
-                u(&b["new_flows"]) == n,
-                "backend {addr}: {} new flows, the pods answered {n}",
-                b["new_flows"]
+                b.new_flows == n,
+                "backend {}: {} new flows, the pods answered {n}",
+                b.addr,
+                b.new_flows
             );
         }
-        ensure!(u(&frontend(svc, Some(t.vip()), WEB_PORT)?["new_flows"]) == 30);
-        ensure!(u(&frontend(svc, None, WEB_NODE_PORT)?["new_flows"]) == 20);
-        let (fe_pk, be_pk) = (
-            sum(svc, "frontends", "packets"),
-            sum(svc, "backends", "packets"),
-        );
+        ensure!(frontend(svc, Some(t.vip()), WEB_PORT)?.new_flows == 30);
+        ensure!(frontend(svc, None, WEB_NODE_PORT)?.new_flows == 20);
+        let fe_pk: u64 = svc.frontends.iter().map(|f| f.packets).sum();
+        let be_pk: u64 = svc.backends.iter().map(|b| b.packets).sum();
         ensure!(
             fe_pk == be_pk,
             "frontends counted {fe_pk} packets, backends {be_pk}"
         );
-        ensure!(sum(svc, "frontends", "bytes") == sum(svc, "backends", "bytes"));
+        ensure!(
+            svc.frontends.iter().map(|f| f.bytes).sum::<u64>()
+                == svc.backends.iter().map(|b| b.bytes).sum::<u64>()
+        );
         // At least SYN, ACK and FIN from each client.
-        ensure!(u(&frontend(svc, Some(t.vip()), WEB_PORT)?["packets"]) >= 3 * 30);
-        ensure!(u(&frontend(svc, None, WEB_NODE_PORT)?["packets"]) >= 3 * 20);
+        ensure!(frontend(svc, Some(t.vip()), WEB_PORT)?.packets >= 3 * 30);
+        ensure!(frontend(svc, None, WEB_NODE_PORT)?.packets >= 3 * 20);
         let usvc = service(&doc, &udp)?;
         let ufe = frontend(usvc, Some(t.vip()), WEB_PORT)?;
-        ensure!(u(&ufe["packets"]) == 10, "UDP frontend: {ufe}");
-        ensure!(u(&ufe["connections"]) == 10);
-        ensure!(u(&ufe["new_flows"]) == 10);
-        let per_datagram = u(&ufe["bytes"]) / 10;
+        ensure!(ufe.packets == 10, "UDP frontend: {ufe:?}");
+        ensure!(ufe.connections == 10);
+        ensure!(ufe.new_flows == 10);
+        let per_datagram = ufe.bytes / 10;
         ensure!(
-            (34..=52).contains(&per_datagram) && u(&ufe["bytes"]).is_multiple_of(10),
+            (34..=52).contains(&per_datagram) && ufe.bytes.is_multiple_of(10),
             "10 datagrams of 6 bytes counted {} bytes",
-            ufe["bytes"]
+            ufe.bytes
         );
-        ensure!(u(&frontend(usvc, None, WEB_NODE_PORT)?["packets"]) == 0);
-        ensure!(u(&doc["conntrack"]["entries"]) == 60);
-        ensure!(u(&doc["conntrack"]["capacity"]) > 60);
+        ensure!(frontend(usvc, None, WEB_NODE_PORT)?.packets == 0);
+        ensure!(doc.conntrack.entries == 60);
+        ensure!(doc.conntrack.capacity > 60);
 
         // The same in YAML and for people.
         let yaml = t.xlb.cli(&["services", "-o", "yaml"])?;
         ensure!(yaml.contains(&format!("name: {http}")), "{yaml}");
-        ensure!(yaml.contains("connections: 30"), "{yaml}");
+        ensure!(yaml.contains("active: 10"), "{yaml}");
         let human = t.xlb.cli(&["services"])?;
         ensure!(
             human.contains(&format!("{}:{WEB_PORT}", t.vip())),
@@ -159,35 +175,32 @@ fn inspection_commands_count_the_traffic_sent() {
         ensure!(human.contains("LoadBalancer") && human.contains(&format!("*:{WEB_NODE_PORT}")));
 
         // conntrack list: every connection, with the pod that answered it.
-        let flows = json(t.xlb, &["conntrack", "list", "-o", "json"])?;
-        let flows = flows.as_array().context("an array")?;
+        let flows: Vec<FlowRow> = json(t.xlb, &["conntrack", "list", "-o", "json"])?;
         ensure!(flows.len() == 60, "{} flows: {flows:?}", flows.len());
         for (report, dst) in [(&to_vip, vip), (&to_np, np)] {
             for c in &report.conns {
                 let f = flows
                     .iter()
-                    .find(|f| f["client_port"] == c.src_port && f["protocol"] == "TCP")
+                    .find(|f| f.client_port == c.src_port && f.protocol == "TCP")
                     .with_context(|| format!("no flow from port {}", c.src_port))?;
-                ensure!(f["client"] == t.client_addr().to_string());
-                ensure!(f["frontend"] == dst.ip().to_string() && f["frontend_port"] == dst.port());
-                ensure!(
-                    f["backend"] == t.pod_addr(&c.pod).to_string(),
-                    "{f} vs {}",
-                    c.pod
-                );
-                ensure!(f["backend_port"] == POD_PORT && f["service"] == http.as_str());
-                ensure!(f["age_s"].as_f64().unwrap() >= f["idle_s"].as_f64().unwrap());
+                ensure!(f.client == t.client_addr());
+                ensure!(f.frontend == *dst.ip() && f.frontend_port == dst.port());
+                ensure!(f.backend == Some(t.pod_addr(&c.pod)), "{f:?} vs {}", c.pod);
+                ensure!(f.backend_port == Some(POD_PORT) && f.service.as_ref() == Some(&http));
+                ensure!(f.age_s >= f.idle_s);
             }
         }
         for (port, pod) in &udp_pods {
-            ensure!(flows.iter().any(|f| f["client_port"] == *port
-                && f["protocol"] == "UDP"
-                && f["backend"] == pod.to_string()));
+            ensure!(
+                flows.iter().any(|f| f.client_port == *port
+                    && f.protocol == "UDP"
+                    && f.backend == Some(*pod))
+            );
         }
         let count = |args: &[&str]| -> Result<usize> {
             let mut a = vec!["conntrack", "list", "-o", "json"];
             a.extend_from_slice(args);
-            Ok(json(t.xlb, &a)?.as_array().context("an array")?.len())
+            Ok(json::<Vec<FlowRow>>(t.xlb, &a)?.len())
         };
         let vip80 = format!("{}:{WEB_PORT}", t.vip());
         ensure!(count(&["--frontend", &vip80, "--protocol", "tcp"])? == 30);
@@ -207,16 +220,11 @@ fn inspection_commands_count_the_traffic_sent() {
                 count(&["--backend", &format!("{pod}:{POD_PORT}"), "-p", "tcp"])? == *n as usize
             );
         }
-        let sorted = json(
+        let sorted: Vec<FlowRow> = json(
             t.xlb,
             &["conntrack", "list", "-o", "json", "--sort", "client"],
         )?;
-        let ports: Vec<u64> = sorted
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| u(&f["client_port"]))
-            .collect();
+        let ports: Vec<u16> = sorted.iter().map(|f| f.client_port).collect();
         ensure!(
             ports.windows(2).all(|w| w[0] <= w[1]),
             "not sorted by client: {ports:?}"
@@ -226,27 +234,27 @@ fn inspection_commands_count_the_traffic_sent() {
 
         // xlb stats: one new flow per connection and datagram; every forwarded packet counted.
         let stats1 = t.xlb.stats()?;
-        let delta = |name: &str| u(&stats1["counters"][name]) - u(&stats0["counters"][name]);
+        let delta = |name: &str| stats1.counters[name] - stats0.counters[name];
         ensure!(
             delta("conntrack_new") == 60,
             "conntrack_new grew by {}",
             delta("conntrack_new")
         );
-        let forwarded: u64 = doc["services"]
-            .as_array()
-            .unwrap()
+        let forwarded: u64 = doc
+            .services
             .iter()
-            .map(|s| sum(s, "frontends", "packets"))
+            .flat_map(|s| &s.frontends)
+            .map(|f| f.packets)
             .sum();
         ensure!(
             delta("forward_local") == forwarded,
             "forward_local grew by {}, the frontends counted {forwarded}",
             delta("forward_local")
         );
-        ensure!(stats1.get("rates").is_none(), "rates without --interval");
+        ensure!(stats1.rates.is_none(), "rates without --interval");
 
         // Rates over an interval while datagrams flow.
-        let sent = std::thread::scope(|s| -> Result<Value> {
+        let sent = std::thread::scope(|s| -> Result<StatsOutput> {
             let sender = s.spawn(|| -> Result<()> {
                 for _ in 0..30 {
                     udp_request(client, vip, None, IO_TIMEOUT)?;
@@ -259,16 +267,15 @@ fn inspection_commands_count_the_traffic_sent() {
             sender.join().expect("sender thread")?;
             r
         })?;
-        let rate = sent["rates"]["forward_local"]
-            .as_f64()
-            .context("rates.forward_local")?;
+        let rates = sent.rates.context("rates")?;
+        let rate = rates["forward_local"];
         ensure!(
             rate > 1.0,
             "forward_local rate {rate} while sending ~20 datagrams/s"
         );
-        let interval = sent["interval_s"].as_f64().unwrap();
+        let interval = sent.interval_s.context("interval_s")?;
         ensure!((0.9..3.0).contains(&interval), "interval_s = {interval}");
-        ensure!(sent["rates"]["drop_no_backend"].as_f64() == Some(0.0));
+        ensure!(rates["drop_no_backend"] == 0.0);
         let human = t.xlb.cli(&["stats"])?;
         ensure!(
             human.contains("conntrack_new") && human.contains("dropped"),
@@ -278,13 +285,13 @@ fn inspection_commands_count_the_traffic_sent() {
         // maglev show: the live table is the one Maglev predicts for these backends.
         let status = t.wait_programmed("http", &t.web.ready_addrs())?;
         let predicted = status.maglev()?;
-        let mg = json(t.xlb, &["maglev", "show", &http, "--slots", "-o", "json"])?;
-        let view = &mg["services"][0];
-        ensure!(mg["services"].as_array().unwrap().len() == 1);
+        let mg: MaglevOutput = json(t.xlb, &["maglev", "show", &http, "--slots", "-o", "json"])?;
+        ensure!(mg.services.len() == 1);
+        let view = &mg.services[0];
         let m = status.table_size;
-        ensure!(u(&view["table_size"]) == m as u64);
-        ensure!(u(&view["empty_slots"]) == 0);
-        let slots = view["table"].as_array().context("table")?;
+        ensure!(view.table_size == m);
+        ensure!(view.empty_slots == 0);
+        let slots = view.table.as_ref().context("table")?;
         ensure!(slots.len() == m as usize);
         let mut per_backend: BTreeMap<String, u64> = BTreeMap::new();
         for (i, s) in slots.iter().enumerate() {
@@ -293,23 +300,23 @@ fn inspection_commands_count_the_traffic_sent() {
                 .backend_at(i as u32)
                 .map(|b| format!("{}:{POD_PORT}", b.ipv4()));
             ensure!(
-                s.as_str().map(str::to_string) == want,
-                "slot {i}: xlb shows {s}, Maglev predicts {want:?}"
+                *s == want,
+                "slot {i}: xlb shows {s:?}, Maglev predicts {want:?}"
             );
             *per_backend.entry(want.unwrap()).or_default() += 1;
         }
-        for b in view["backends"].as_array().unwrap() {
-            let name = format!("{}:{}", b["addr"].as_str().unwrap(), b["port"]);
-            ensure!(u(&b["slots"]) == per_backend[&name], "{b}");
-            ensure!((b["ideal_share"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        for b in &view.backends {
+            let name = format!("{}:{}", b.addr.context("addr")?, b.port.context("port")?);
+            ensure!(b.slots as u64 == per_backend[&name], "{b:?}");
+            ensure!((b.ideal_share - 1.0 / 3.0).abs() < 1e-9);
         }
-        let imbalance = view["max_over_ideal"].as_f64().unwrap();
+        let imbalance = view.max_over_ideal;
         ensure!(
             (1.0..1.01).contains(&imbalance),
             "Maglev imbalance {imbalance}"
         );
-        let both = json(t.xlb, &["maglev", "show", "web", "-o", "json"])?;
-        ensure!(both["services"].as_array().unwrap().len() == 2);
+        let both: MaglevOutput = json(t.xlb, &["maglev", "show", "web", "-o", "json"])?;
+        ensure!(both.services.len() == 2);
         let human = t.xlb.cli(&["maglev", "show", &http])?;
         ensure!(
             human.contains("imbalance") && human.contains(&format!("M={m}")),
@@ -337,6 +344,112 @@ fn map_entries(pin_dir: &Path, map: &str) -> Result<usize> {
     );
     let v: Value = serde_json::from_slice(&out.stdout)?;
     Ok(v.as_array().context("bpftool printed no array")?.len())
+}
+
+/// Entries of a pinned map as `(key, value)` bytes, by `bpftool map dump`.
+fn map_dump(pin_dir: &Path, map: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let path = pin_dir.join("maps").join(map);
+    let mut cmd = Command::new("bpftool");
+    cmd.args(["-j", "map", "dump", "pinned"]).arg(&path);
+    let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT)?;
+    ensure!(
+        out.status.success(),
+        "bpftool map dump {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let bytes = |v: &Value| -> Result<Vec<u8>> {
+        v.as_array()
+            .context("not hex bytes")?
+            .iter()
+            .map(|b| {
+                let s = b.as_str().context("not a hex byte")?;
+                Ok(u8::from_str_radix(s.trim_start_matches("0x"), 16)?)
+            })
+            .collect()
+    };
+    v.as_array()
+        .context("bpftool printed no array")?
+        .iter()
+        .map(|e| Ok((bytes(&e["key"])?, bytes(&e["value"])?)))
+        .collect()
+}
+
+/// The running daemon's idle sweep removes a UDP flow idle past its 300 s timeout, with its
+/// reverse-NAT entry, and keeps a flow that is not.
+#[test]
+fn idle_flows_are_swept() {
+    with_local_lab(|t| {
+        let node = t.lab.host("node-a");
+        let pins = default_pin_dir(node);
+        let client = t.lab.client();
+        let vip = SocketAddrV4::new(t.vip(), WEB_PORT);
+        let (stale, live) = (client.alloc_port(), client.alloc_port());
+        for port in [stale, live] {
+            udp_request(client, vip, Some(port), IO_TIMEOUT)?;
+        }
+        ensure!(map_entries(&pins, "XLB_CONNTRACK")? == 2);
+        ensure!(map_entries(&pins, "XLB_REVNAT")? == 2);
+
+        // Idle since boot: last_seen_ns (bytes 16..24 of the entry) becomes 0. The clock is
+        // CLOCK_MONOTONIC, so that is idle past 300 s only once the machine has been up longer.
+        let uptime = || -> Result<f64> {
+            let s = std::fs::read_to_string("/proc/uptime")?;
+            Ok(s.split_whitespace().next().context("uptime")?.parse()?)
+        };
+        let deadline = Instant::now() + Duration::from_secs(320);
+        while uptime()? < 302.0 {
+            ensure!(Instant::now() < deadline, "uptime stays below 302 s");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let src_port = |key: &[u8]| u16::from_be_bytes([key[8], key[9]]);
+        let (key, mut value) = map_dump(&pins, "XLB_CONNTRACK")?
+            .into_iter()
+            .find(|(k, _)| src_port(k) == stale)
+            .context("no conntrack entry for the flow to age")?;
+        value[16..24].fill(0);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>();
+        let path = pins.join("maps").join("XLB_CONNTRACK");
+        let mut cmd = Command::new("bpftool");
+        cmd.args(["map", "update", "pinned"])
+            .arg(&path)
+            .arg("key")
+            .arg("hex")
+            .args(hex(&key))
+            .arg("value")
+            .arg("hex")
+            .args(hex(&value));
+        let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT)?;
+        ensure!(
+            out.status.success(),
+            "bpftool map update: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // The sweep runs every 10 s.
+        let deadline = Instant::now() + Duration::from_secs(25);
+        while map_entries(&pins, "XLB_CONNTRACK")? != 1 {
+            ensure!(
+                Instant::now() < deadline,
+                "the idle flow was not swept within 25 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let left = map_dump(&pins, "XLB_CONNTRACK")?;
+        ensure!(
+            left.iter().all(|(k, _)| src_port(k) == live),
+            "the live flow went instead"
+        );
+        // The reply tuple's destination port is the client's port (bytes 10..12).
+        let replies = map_dump(&pins, "XLB_REVNAT")?;
+        ensure!(
+            replies.len() == 1 && u16::from_be_bytes([replies[0].0[10], replies[0].0[11]]) == live,
+            "reverse NAT left: {} entries",
+            replies.len()
+        );
+        Ok(())
+    });
 }
 
 /// `conntrack flush` asks before removing anything, removes exactly the matching flows and
@@ -372,7 +485,7 @@ fn conntrack_flush_removes_flows_and_reverse_nat() {
         );
         ensure!(map_entries(&pins, "XLB_CONNTRACK")? == 30);
 
-        let done = json(
+        let done: FlushReport = json(
             t.xlb,
             &[
                 "conntrack",
@@ -385,18 +498,13 @@ fn conntrack_flush_removes_flows_and_reverse_nat() {
             ],
         )?;
         ensure!(
-            u(&done["flushed"]) == n && u(&done["revnat_removed"]) == n,
-            "{done}"
+            done.flushed as u64 == n && done.revnat_removed as u64 == n,
+            "{done:?}"
         );
         ensure!(map_entries(&pins, "XLB_CONNTRACK")? == 30 - n as usize);
         ensure!(map_entries(&pins, "XLB_REVNAT")? == 30 - n as usize);
-        let left = json(t.xlb, &["conntrack", "list", "-o", "json"])?;
-        ensure!(
-            left.as_array()
-                .unwrap()
-                .iter()
-                .all(|f| f["backend"] != victim.to_string())
-        );
+        let left: Vec<FlowRow> = json(t.xlb, &["conntrack", "list", "-o", "json"])?;
+        ensure!(left.iter().all(|f| f.backend != Some(victim)));
 
         // Nothing matches: nothing asked, success.
         let none = t
@@ -409,22 +517,74 @@ fn conntrack_flush_removes_flows_and_reverse_nat() {
         let mut conn = connect_tcp(client, vip, None, IO_TIMEOUT)?;
         ensure!(conn.exchange("before flush")? == "before flush");
         let me = format!("{}:{}", t.client_addr(), conn.local.port());
-        let done = json(
+        let done: FlushReport = json(
             t.xlb,
             &["conntrack", "flush", "--client", &me, "-y", "-o", "json"],
         )?;
-        ensure!(
-            u(&done["flushed"]) == 1 && u(&done["revnat_removed"]) == 1,
-            "{done}"
-        );
+        ensure!(done.flushed == 1 && done.revnat_removed == 1, "{done:?}");
         ensure!(conn.exchange("after flush")? == "after flush");
-        let again = json(t.xlb, &["conntrack", "list", "--client", &me, "-o", "json"])?;
-        ensure!(again.as_array().unwrap().len() == 1, "{again}");
-        ensure!(again[0]["backend"] == t.pod_addr(&conn.pod).to_string());
+        let again: Vec<FlowRow> =
+            json(t.xlb, &["conntrack", "list", "--client", &me, "-o", "json"])?;
+        ensure!(again.len() == 1, "{again:?}");
+        ensure!(again[0].backend == Some(t.pod_addr(&conn.pod)));
 
-        // Flush everything.
-        let all = json(t.xlb, &["conntrack", "flush", "--yes", "-o", "json"])?;
-        ensure!(u(&all["flushed"]) == 30 - n + 1, "{all}");
+        // The other filters, each on flows that only it tells apart: the NodePort's flows by
+        // --frontend, UDP flows by --protocol, a Service port by --service, clients by CIDR.
+        let tcp_left = 30 - n + 1;
+        let np = SocketAddrV4::new(t.node_addr(), WEB_NODE_PORT);
+        let to_np = tcp_many(client, np, 5, IO_TIMEOUT);
+        ensure!(to_np.failures.is_empty(), "{:?}", to_np.failures);
+        for _ in 0..3 {
+            udp_request(client, vip, None, IO_TIMEOUT)?;
+        }
+        let flush = |filter: &[&str]| -> Result<u64> {
+            let mut args = vec!["conntrack", "flush", "--yes", "-o", "json"];
+            args.extend_from_slice(filter);
+            let done: FlushReport = json(t.xlb, &args)?;
+            ensure!(done.revnat_removed == done.flushed, "{done:?}");
+            Ok(done.flushed as u64)
+        };
+        let listed = |filter: &[&str]| -> Result<usize> {
+            let mut args = vec!["conntrack", "list", "-o", "json"];
+            args.extend_from_slice(filter);
+            Ok(json::<Vec<FlowRow>>(t.xlb, &args)?.len())
+        };
+        ensure!(map_entries(&pins, "XLB_CONNTRACK")? == tcp_left as usize + 5 + 3);
+        ensure!(flush(&["--frontend", &np.to_string()])? == 5);
+        ensure!(listed(&["--frontend", &format!(":{WEB_NODE_PORT}")])? == 0);
+        ensure!(flush(&["--protocol", "udp"])? == 3);
+        ensure!(listed(&["--protocol", "udp"])? == 0);
+        ensure!(listed(&[])? == tcp_left as usize);
+        let other_clients =
+            t.xlb
+                .cli(&["conntrack", "flush", "--yes", "--client", "198.18.2.0/24"])?;
+        ensure!(other_clients.contains("no flows match"), "{other_clients}");
+        let no_port = t.xlb.cli(&[
+            "conntrack",
+            "flush",
+            "--yes",
+            "--service",
+            &t.web.port_key("udp"),
+        ])?;
+        ensure!(no_port.contains("no flows match"), "{no_port}");
+        ensure!(map_entries(&pins, "XLB_CONNTRACK")? == tcp_left as usize);
+
+        // Flush everything (all of it this client's, in the web Service's http port).
+        let all: FlushReport = json(
+            t.xlb,
+            &[
+                "conntrack",
+                "flush",
+                "--yes",
+                "-o",
+                "json",
+                "--client",
+                "198.18.0.0/24",
+                "--service",
+                &t.web.port_key("http"),
+            ],
+        )?;
+        ensure!(all.flushed as u64 == tcp_left, "{all:?}");
         ensure!(map_entries(&pins, "XLB_CONNTRACK")? == 0);
         ensure!(map_entries(&pins, "XLB_REVNAT")? == 0);
         Ok(())
@@ -445,8 +605,8 @@ impl Drop for KillOnDrop {
 fn collect_until(
     rx: &mpsc::Receiver<String>,
     timeout: Duration,
-    got: &mut Vec<Value>,
-    mut done: impl FnMut(&[Value]) -> bool,
+    got: &mut Vec<WatchEvent>,
+    mut done: impl FnMut(&[WatchEvent]) -> bool,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !done(got) {
@@ -485,7 +645,7 @@ fn conntrack_watch_streams_new_and_ended_flows() {
         let mut events = Vec::new();
         collect_until(&rx, Duration::from_secs(10), &mut events, |e| !e.is_empty())?;
         ensure!(
-            events[0]["event"] == "start" && events[0]["flows"] == 0,
+            matches!(events[0], WatchEvent::Start { flows: 0, .. }),
             "{events:?}"
         );
 
@@ -503,34 +663,43 @@ fn conntrack_watch_streams_new_and_ended_flows() {
                 .failures
                 .is_empty()
         );
-        let news = |e: &[Value]| e.iter().filter(|e| e["event"] == "new").count();
+        let new_flows = |e: &[WatchEvent]| -> Vec<(f64, FlowRow)> {
+            e.iter()
+                .filter_map(|e| match e {
+                    WatchEvent::New { time, flow } => Some((*time, flow.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let news = |e: &[WatchEvent]| new_flows(e).len();
         collect_until(&rx, Duration::from_secs(10), &mut events, |e| news(e) >= 5)?;
         let mut seen = BTreeSet::new();
-        for e in events.iter().filter(|e| e["event"] == "new") {
+        for (time, f) in new_flows(&events) {
             let c = report
                 .conns
                 .iter()
-                .find(|c| e["client_port"] == c.src_port)
-                .with_context(|| format!("unexpected new flow {e}"))?;
-            ensure!(e["backend"] == t.pod_addr(&c.pod).to_string(), "{e}");
-            ensure!(e["frontend"] == t.vip().to_string() && e["time"].as_f64().unwrap() > 0.0);
+                .find(|c| f.client_port == c.src_port)
+                .with_context(|| format!("unexpected new flow {f:?}"))?;
+            ensure!(f.backend == Some(t.pod_addr(&c.pod)), "{f:?}");
+            ensure!(f.frontend == t.vip() && time > 0.0);
             seen.insert(c.src_port);
         }
         ensure!(seen.len() == 5);
 
         t.xlb
             .cli(&["conntrack", "flush", "--frontend", &vip80, "--yes"])?;
-        let ends = |e: &[Value]| e.iter().filter(|e| e["event"] == "end").count();
-        collect_until(&rx, Duration::from_secs(10), &mut events, |e| ends(e) >= 5)?;
-        let ended: BTreeSet<u64> = events
-            .iter()
-            .filter(|e| e["event"] == "end")
-            .map(|e| u(&e["client_port"]))
-            .collect();
-        ensure!(
-            ended == seen.iter().map(|p| *p as u64).collect(),
-            "{events:?}"
-        );
+        let ended = |e: &[WatchEvent]| -> BTreeSet<u16> {
+            e.iter()
+                .filter_map(|e| match e {
+                    WatchEvent::End { flow, .. } => Some(flow.client_port),
+                    _ => None,
+                })
+                .collect()
+        };
+        collect_until(&rx, Duration::from_secs(10), &mut events, |e| {
+            ended(e).len() >= 5
+        })?;
+        ensure!(ended(&events) == seen, "{events:?}");
         ensure!(
             news(&events) == 5,
             "the NodePort flows passed the filter: {events:?}"
@@ -676,14 +845,15 @@ fn top_shows_live_traffic_and_quits_with_q() {
         ensure!(row[1] == "TCP" && row[2] == "LoadBalancer", "{row:?}");
 
         // Once the traffic stopped: CONNS and PACKETS equal what `xlb services` counts.
-        let doc = json(t.xlb, &["services", "-o", "json"])?;
+        let doc = t.xlb.services_counted_after(unix_now(), CENSUS_TIMEOUT)?;
         let fe = frontend(
             service(&doc, &t.web.port_key("http"))?,
             Some(t.vip()),
             WEB_PORT,
         )?;
-        ensure!(u(&fe["connections"]) == 40);
-        let want = (fe["connections"].to_string(), fe["packets"].to_string());
+        // Closed connections are not active.
+        ensure!(fe.connections == 0);
+        let want = (fe.connections.to_string(), fe.packets.to_string());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let screen = tmux.screen()?;
@@ -841,6 +1011,28 @@ fn total(samples: &Samples, name: &str) -> f64 {
 
 const METRICS_PORT: u16 = 9464;
 
+/// Metrics the alerts query that another change of issue 11 (item 1: the drivers' XDP error
+/// counters) adds to `/metrics`; empty once it is in.
+const NOT_YET_SERVED: [&str; 1] = ["xlb_iface_xdp_errors_total"];
+
+/// The `xlb_*` metric names a dashboard or rule file queries.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("xlb_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        // A prefix in prose ("xlb_..."), not a metric.
+        if !name.ends_with('_') {
+            names.insert(name);
+        }
+    }
+    names
+}
+
 fn scrape(host: &Host) -> Result<Samples> {
     let (code, _, body) = http_get(host, METRICS_PORT, "/metrics", "text/plain")?;
     ensure!(code == 200, "/metrics answered {code}: {body}");
@@ -959,14 +1151,31 @@ fn metrics_probes_and_json_logs() {
             IO_TIMEOUT,
         );
         ensure!(report.failures.is_empty(), "{:?}", report.failures);
-        let m2 = scrape(node)?;
+        // The connection gauges come from xlb run's census: wait for one that started after
+        // the traffic.
+        let sent = unix_now();
+        let deadline = Instant::now() + CENSUS_TIMEOUT;
+        let m2 = loop {
+            let m = scrape(node)?;
+            let started = value(&m, "xlb_conntrack_census_timestamp_seconds", &[]).unwrap_or(0.0)
+                - value(&m, "xlb_conntrack_census_duration_seconds", &[]).unwrap_or(0.0);
+            if started >= sent {
+                break m;
+            }
+            ensure!(Instant::now() < deadline, "no census after the traffic");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        ensure!(value(&m2, "xlb_conntrack_census_walks_total", &[])? >= 1.0);
+        ensure!(value(&m2, "xlb_conntrack_census_cpu_seconds_total", &[])? > 0.0);
         let d = |name: &str, labels: &[(&str, &str)]| -> Result<f64> {
             Ok(value(&m2, name, labels)? - value(&m1, name, labels)?)
         };
         let pk = d("xlb_frontend_packets_total", &vip_fe)?;
         ensure!(pk >= 75.0, "25 connections moved the VIP's packets by {pk}");
         ensure!(d("xlb_frontend_bytes_total", &vip_fe)? >= pk * 54.0);
-        ensure!(value(&m2, "xlb_frontend_connections", &vip_fe)? == 25.0);
+        // All 25 connections closed: none active, all still in the table.
+        ensure!(value(&m2, "xlb_frontend_connections", &vip_fe)? == 0.0);
+        ensure!(value(&m2, "xlb_conntrack_active", &[])? == 0.0);
         ensure!(d("xlb_frontend_new_flows_total", &vip_fe)? == 25.0);
         ensure!(
             total(&m2, "xlb_backend_new_flows_total") - total(&m1, "xlb_backend_new_flows_total")
@@ -997,7 +1206,7 @@ fn metrics_probes_and_json_logs() {
         for (backend, n) in &per_pod {
             let l = [("backend", backend.as_str()), ("protocol", "TCP")];
             ensure!(
-                value(&m2, "xlb_backend_connections", &l)? == *n,
+                value(&m2, "xlb_backend_connections", &l)? == 0.0,
                 "{backend}"
             );
             ensure!(d("xlb_backend_packets_total", &l)? >= 3.0 * n);
@@ -1009,22 +1218,20 @@ fn metrics_probes_and_json_logs() {
             ensure!(slots > 0.0);
         }
 
-        // Every metric the Grafana dashboard queries is served.
-        let dashboard = include_str!("../deploy/grafana-dashboard.json");
+        // Every metric the Grafana dashboard and the alerts query is served.
         let served: BTreeSet<&str> = m2.iter().map(|s| s.0.as_str()).collect();
-        let mut rest = dashboard;
-        while let Some(i) = rest.find("xlb_") {
-            let name: String = rest[i..]
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                .collect();
-            rest = &rest[i + name.len()..];
-            if name.ends_with('_') {
-                continue; // a prefix in prose ("xlb_..."), not a metric
-            }
+        for name in metric_names(include_str!("../deploy/grafana-dashboard.json")) {
             ensure!(
                 served.contains(name.as_str()),
                 "the dashboard queries {name}, not served"
+            );
+        }
+        let rules = include_str!("../deploy/monitoring/prometheusrule.yaml");
+        ensure!(metric_names(rules).len() >= 7, "{rules}");
+        for name in metric_names(rules) {
+            ensure!(
+                served.contains(name.as_str()) || NOT_YET_SERVED.contains(&name.as_str()),
+                "the alerts query {name}, not served"
             );
         }
 

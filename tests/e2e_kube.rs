@@ -143,12 +143,12 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Str
 
 /// Puts the objects of a lab manifest (as `kubectl get -o yaml` prints them) into the API.
 fn publish(api: &FakeApiServer, yaml: &str) -> Result<()> {
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let value = serde_yaml::Value::deserialize(doc)?;
+    for doc in yaml_serde::Deserializer::from_str(yaml) {
+        let value = yaml_serde::Value::deserialize(doc)?;
         match value.get("kind").and_then(|k| k.as_str()) {
-            Some("Service") => api.apply(&serde_yaml::from_value::<Service>(value)?),
-            Some("EndpointSlice") => api.apply(&serde_yaml::from_value::<EndpointSlice>(value)?),
-            Some("Node") => api.apply(&serde_yaml::from_value::<Node>(value)?),
+            Some("Service") => api.apply(&yaml_serde::from_value::<Service>(value)?),
+            Some("EndpointSlice") => api.apply(&yaml_serde::from_value::<EndpointSlice>(value)?),
+            Some("Node") => api.apply(&yaml_serde::from_value::<Node>(value)?),
             other => bail!("unexpected object {other:?}"),
         };
     }

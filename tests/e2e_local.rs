@@ -10,7 +10,7 @@ use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, ensure};
+use anyhow::{Result, bail, ensure};
 use xlb_bench::lab::*;
 use xlb_e2e::*;
 
@@ -95,6 +95,26 @@ fn tcp_to_vip_and_nodeport_lands_on_predicted_pods() {
             forwarded >= 240,
             "forward_local = {forwarded}, expected at least 2 packets x 120 connections"
         );
+        // Into ordinary pods past the kernel's stack: all but the packets that came before the
+        // node had resolved a pod's neighbour entry (the first few per pod; at most 5%).
+        for (_, p) in t.lab.spec().pods() {
+            ensure_ordinary_pod(t.lab.host(&p.name))?;
+        }
+        let fast = t.xlb.counter("deliver_pod")?;
+        let fallback: u64 = [
+            "deliver_kernel_no_route",
+            "deliver_kernel_no_neigh",
+            "deliver_kernel_not_pod",
+            "deliver_kernel_other",
+        ]
+        .iter()
+        .map(|c| t.xlb.counter(c))
+        .sum::<Result<u64>>()?;
+        ensure!(
+            fast + fallback == forwarded && fallback <= (forwarded / 20).max(9),
+            "of {forwarded} local forwards, {fast} went straight into the pod and {fallback} \
+             through the kernel"
+        );
         Ok(())
     });
 }
@@ -127,7 +147,7 @@ fn removed_pod_keeps_open_connection_but_gets_no_new_ones() {
         ensure!(
             flows
                 .iter()
-                .any(|f| f.client_port == port && f.backend == pod2 && f.frontend == Some(vip)),
+                .any(|f| f.client_port == port && f.backend == Some(pod2) && f.frontend == vip),
             "conntrack has no flow {}:{port} -> {vip}:80 -> {pod2}: {flows:?}",
             t.client_addr()
         );
@@ -338,6 +358,17 @@ fn restart_adopts_datapath_and_keeps_connections() {
         let status = t.xlb.stop()?;
         ensure!(status.success(), "xlb run exited with {status} on SIGTERM");
         t.xlb.keep_datapath();
+        // Without `xlb run` nobody counts connections: `xlb services` says so, rather than
+        // print 0 or walk the table itself.
+        let out = t.xlb.cli(&["services"])?;
+        ensure!(out.contains("NOT COUNTED"), "{out}");
+        let doc: ServicesOutput = serde_json::from_str(&t.xlb.cli(&["services", "-o", "json"])?)?;
+        ensure!(
+            doc.census.as_ref().is_some_and(|c| c.state == "no-daemon"),
+            "{:?}",
+            doc.census
+        );
+        let restarted = unix_now();
         let mut again = XlbProcess::start(t.lab, &xlb_options(t.manifests))?;
         let key = t.web.port_key("http");
         let fe = t.frontends();
@@ -351,8 +382,15 @@ fn restart_adopts_datapath_and_keeps_connections() {
         ensure!(
             flows
                 .iter()
-                .any(|f| f.client_port == port && f.frontend == Some(t.vip())),
+                .any(|f| f.client_port == port && f.frontend == t.vip()),
             "the flow from port {port} is gone from conntrack after the restart: {flows:?}"
+        );
+        // The new run's census counts the adopted connection.
+        let doc = again.services_counted_after(restarted, Duration::from_secs(20))?;
+        let counted = doc.service(&key).map_or(0, |s| s.connections);
+        ensure!(
+            counted >= 1,
+            "the census counts {counted} connections, 1 is open"
         );
         for i in 0..3 {
             let line = format!("after restart {i}");
@@ -452,4 +490,85 @@ fn stale_pinned_link_of_deleted_namespace_is_not_adopted() {
         IO_TIMEOUT,
     );
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+/// `--iface` given twice attaches to both interfaces; a NodePort answers on the address of the
+/// second one too (node addresses include every `--iface` address); `xlb down` of one
+/// interface detaches only that one and keeps the datapath and its pins for the other.
+#[test]
+fn two_interfaces_nodeport_on_the_second_address_and_down_of_one() {
+    // The node's first pod link: its address, the pod gateway, is not the Node's InternalIP.
+    let second = "lxc0";
+    with_local_lab_options(
+        |o| o.ifaces = vec![UPLINK.into(), second.into()],
+        |t| {
+            let node = t.lab.host("node-a");
+            for iface in [UPLINK, second] {
+                ensure!(xdp_attached(node, iface)?, "no XDP program on {iface}");
+            }
+            let gateway = t.lab.spec().nodes[0].pod_gateway;
+            ensure!(gateway != t.node_addr());
+            // No process listens on the NodePort: only xlb can answer there.
+            let np = SocketAddrV4::new(gateway, WEB_NODE_PORT);
+            let report = tcp_many(t.lab.client(), np, 20, IO_TIMEOUT);
+            ensure!(
+                report.failures.is_empty(),
+                "connections to the NodePort on {np} failed: {:?}",
+                report.failures
+            );
+            ensure!(
+                report
+                    .conns
+                    .iter()
+                    .all(|c| c.seen == SocketAddrV4::new(t.client_addr(), c.src_port)),
+                "a pod did not see the client's address"
+            );
+            let status = t.wait_programmed("http", &t.web.ready_addrs())?;
+            let fe = status
+                .frontend(None, WEB_NODE_PORT)
+                .expect("NodePort frontend");
+            // SYN, ACK and request of each connection at least.
+            ensure!(
+                fe.packets >= 60,
+                "the NodePort frontend counted {} packets",
+                fe.packets
+            );
+
+            let status = t.xlb.stop()?;
+            ensure!(status.success(), "xlb run exited with {status} on SIGTERM");
+            let out = xlb_cli(node, &["down", "--iface", second])?;
+            ensure!(
+                out.status.success(),
+                "xlb down --iface {second}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ensure!(!xdp_attached(node, second)?, "{second} still attached");
+            ensure!(xdp_attached(node, UPLINK)?, "{UPLINK} was detached too");
+            ensure!(
+                default_pin_dir(node).exists(),
+                "the pins went with the first of two interfaces"
+            );
+            let vip = SocketAddrV4::new(t.vip(), WEB_PORT);
+            let report = tcp_many(t.lab.client(), vip, 10, IO_TIMEOUT);
+            ensure!(
+                report.failures.is_empty(),
+                "the VIP after down of {second}: {:?}",
+                report.failures
+            );
+
+            t.xlb.down()?;
+            ensure!(!xdp_attached(node, UPLINK)?, "{UPLINK} still attached");
+            ensure!(
+                !default_pin_dir(node).exists(),
+                "pins left after down of the last interface"
+            );
+            Ok(())
+        },
+    );
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

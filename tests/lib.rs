@@ -62,6 +62,14 @@ impl Local<'_, '_> {
 /// is torn down afterwards, whether `test` returns, fails or panics; a failure panics with the
 /// error and the tail of xlb's log.
 pub fn with_local_lab(test: impl FnOnce(&mut Local<'_, '_>) -> Result<()>) {
+    with_local_lab_options(|_| {}, test)
+}
+
+/// Like [`with_local_lab`], with `xlb run`'s options changed by `options` first.
+pub fn with_local_lab_options(
+    options: impl FnOnce(&mut XlbOptions),
+    test: impl FnOnce(&mut Local<'_, '_>) -> Result<()>,
+) {
     let lab = Lab::single_node().expect("building the lab");
     let servers = PodServers::start(&lab, POD_PORT).expect("starting the pod servers");
     let web = ServiceDef::web(lab.spec());
@@ -70,7 +78,8 @@ pub fn with_local_lab(test: impl FnOnce(&mut Local<'_, '_>) -> Result<()>) {
         nodes: ManifestSet::nodes_of(lab.spec()),
     };
     let manifests = lab.write_manifests(&set).expect("writing manifests");
-    let opts = xlb_options(&manifests);
+    let mut opts = xlb_options(&manifests);
+    options(&mut opts);
     let mut xlb = XlbProcess::start(&lab, &opts).expect("starting xlb");
     let mut local = Local {
         lab: &lab,
@@ -104,6 +113,23 @@ pub fn xlb_options(manifests: &ManifestDir) -> XlbOptions {
 pub fn xdp_attached(host: &Host, iface: &str) -> Result<bool> {
     let link = host.netns().ip(&["link", "show", iface])?;
     Ok(link.contains(" xdp") || link.contains("prog/xdp"))
+}
+
+/// Checks that `pod`'s interface is as a CNI leaves it: no XDP program and GRO off, so its
+/// veth has no NAPI and takes no XDP frames: the fast path into it must work with skbs alone.
+pub fn ensure_ordinary_pod(pod: &Host) -> Result<()> {
+    anyhow::ensure!(
+        !xdp_attached(pod, POD_IF)?,
+        "{}: an XDP program on its {POD_IF}",
+        pod.name()
+    );
+    let features = pod.netns().exec("ethtool", &["-k", POD_IF])?;
+    anyhow::ensure!(
+        features.contains("generic-receive-offload: off"),
+        "{}: GRO is not off on its {POD_IF}",
+        pod.name()
+    );
+    Ok(())
 }
 
 /// The default pin directory `xlb` uses in the namespace of `host` (`xlb pin-dir` run there).
@@ -263,6 +289,18 @@ pub fn with_dsr_lab_spec(
     web: impl FnOnce(&LabSpec) -> ServiceDef,
     test: impl FnOnce(&mut Dsr<'_, '_>) -> Result<()>,
 ) {
+    with_dsr_lab_args(spec, web, &[], test)
+}
+
+/// Like [`with_dsr_lab_spec`], with `args` added to every node's `xlb run`.
+pub fn with_dsr_lab_args(
+    spec: LabSpec,
+    web: impl FnOnce(&LabSpec) -> ServiceDef,
+    args: &[&str],
+    test: impl FnOnce(&mut Dsr<'_, '_>) -> Result<()>,
+) {
+    let mut run_args = xdp_mode_args();
+    run_args.extend(args.iter().map(|a| a.to_string()));
     let lab = Lab::new(spec).expect("building the DSR lab");
     let servers = PodServers::start(&lab, POD_PORT).expect("starting the pod servers");
     let web = web(lab.spec());
@@ -271,8 +309,7 @@ pub fn with_dsr_lab_spec(
         nodes: ManifestSet::nodes_of(lab.spec()),
     };
     let manifests = lab.write_manifests(&set).expect("writing manifests");
-    let mut xlb =
-        XlbCluster::start(&lab, manifests.path(), &xdp_mode_args()).expect("starting xlb");
+    let mut xlb = XlbCluster::start(&lab, manifests.path(), &run_args).expect("starting xlb");
     let mut dsr = Dsr {
         lab: &lab,
         servers: &servers,

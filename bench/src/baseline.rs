@@ -254,7 +254,8 @@ pub fn nft_rules(svcs: &[SvcPort]) -> String {
     f
 }
 
-/// Loads `text` with `program args... FILE` inside `host`, allowing `timeout`.
+/// Loads `text` with `program args... FILE` inside `host`, allowing `timeout`. Returns how long
+/// the program ran (writing the file is not part of it).
 fn load(
     host: &Host,
     program: &str,
@@ -263,12 +264,14 @@ fn load(
     text: &str,
     dir: &std::path::Path,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<Duration> {
     let path = dir.join(file_name);
     std::fs::write(&path, text)?;
     let mut cmd = host.netns().command(program);
     cmd.args(args).arg(&path);
+    let started = std::time::Instant::now();
     let out = run_with_timeout(&mut cmd, timeout)?;
+    let took = started.elapsed();
     if !out.status.success() {
         bail!(
             "`{program} {}` in {} failed: {}",
@@ -277,12 +280,13 @@ fn load(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(took)
 }
 
 /// Loads kube-proxy-shaped iptables rules into `node` (`iptables-restore`, whichever backend
 /// the system's `iptables` is: `iptables --version` says).
-pub fn apply_iptables(node: &Host, svcs: &[SvcPort], dir: &std::path::Path) -> Result<()> {
+/// Returns how long `iptables-restore` ran.
+pub fn apply_iptables(node: &Host, svcs: &[SvcPort], dir: &std::path::Path) -> Result<Duration> {
     load(
         node,
         "iptables-restore",
@@ -295,7 +299,8 @@ pub fn apply_iptables(node: &Host, svcs: &[SvcPort], dir: &std::path::Path) -> R
 }
 
 /// Loads kube-proxy-shaped nftables rules into `node` (`nft -f`).
-pub fn apply_nft(node: &Host, svcs: &[SvcPort], dir: &std::path::Path) -> Result<()> {
+/// Returns how long `nft -f` ran.
+pub fn apply_nft(node: &Host, svcs: &[SvcPort], dir: &std::path::Path) -> Result<Duration> {
     load(
         node,
         "nft",

@@ -1,17 +1,13 @@
-//! The benchmark's own kernel programs (`xdp/src/bin/{gen,sink,fwd}.rs`): where their objects
-//! are, their map layouts, and loading and attaching them inside lab namespaces.
+//! The benchmark's own kernel programs (crate `xlb-xdp-bench`): their objects, their map
+//! layouts, and loading and attaching them inside lab namespaces.
 //!
-//! `control/build.rs` builds every binary of the `xlb-xdp` crate into its `OUT_DIR`
-//! (`<target>/<profile>/build/xlb-<hash>/out/`). `xlb-bench` does not link `xlb`, so it finds
-//! the objects at run time: `$XLB_BPF_DIR` if set, else the newest such `out/` directory next to
-//! the `xlb` binary in use (`$XLB_BIN`) or next to `xlb-bench` itself. Build `xlb` first
-//! (`cargo build --release -p xlb`, as `scripts/demo.sh` and `scripts/test.sh` do).
+//! `build.rs` builds the programs and this binary embeds them, so `xlb-bench` needs no build
+//! output of `xlb` (which carries only the datapath).
 //!
 //! Attachments are `bpf_link`s owned by the loaded object: dropping a [`Sink`] or [`Forwarder`]
 //! detaches it, and so does the end of the process or the deletion of the lab namespace.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::Ebpf;
@@ -20,9 +16,33 @@ use aya::programs::{Xdp, XdpMode};
 
 use crate::lab::Host;
 
-pub const OBJ_GEN: &str = "xlb-gen";
-pub const OBJ_SINK: &str = "xlb-sink";
-pub const OBJ_FWD: &str = "xlb-fwd";
+/// A benchmark program's object, built by `build.rs`.
+pub struct Object {
+    pub name: &'static str,
+    pub bytes: &'static [u8],
+}
+
+macro_rules! object {
+    ($name:literal) => {
+        Object {
+            name: $name,
+            bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", $name)),
+        }
+    };
+}
+
+/// The traffic generator (`xlb_gen`), run with live frames.
+pub const GEN: Object = object!("xlb-gen");
+/// The count-and-drop sink on pod interfaces (`xlb_sink`).
+pub const SINK: Object = object!("xlb-sink");
+/// The bare forwarder, the ceiling of `forward` (`xlb_fwd`).
+pub const FWD: Object = object!("xlb-fwd");
+/// The floor of the micro benchmark (`xlb_floor`: the datapath's parser, then `XDP_TX`).
+pub const FLOOR: Object = object!("xlb-floor");
+pub const PROG_FLOOR: &str = "xlb_floor";
+/// The frame-restoring wrapper of the micro benchmark (`xlb_restore`).
+pub const RESTORE: Object = object!("xlb-restore");
+pub const PROG_RESTORE: &str = "xlb_restore";
 
 /// The generator's source prefix, 198.18.128.0/17 (the sink counts only these).
 pub const GEN_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 0);
@@ -44,7 +64,7 @@ pub fn raw_port(p: u16) -> u16 {
     u16::from_ne_bytes(p.to_be_bytes())
 }
 
-/// The port `xlb-fwd` (xdp/src/bin/fwd.rs) picks for a flow among `ports`: the same mix of the
+/// The port `xlb-fwd` (xdp-bench/src/bin/fwd.rs) picks for a flow among `ports`: the same mix of the
 /// raw packet words, so a scenario knows which pods the forwarder can reach.
 pub fn fwd_pick(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, ports: u32) -> u32 {
     let words = ((raw_port(sport) as u32) << 16) | raw_port(dport) as u32;
@@ -52,70 +72,17 @@ pub fn fwd_pick(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, ports:
     (x >> 16) % ports.max(1)
 }
 
-/// The directory holding the benchmark objects (see the module docs).
-pub fn object_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("XLB_BPF_DIR") {
-        let d = PathBuf::from(d);
-        if usable(&d) {
-            return Ok(d);
+impl Object {
+    /// Loads the object (its maps are created, its programs are not loaded yet).
+    pub fn load(&self) -> Result<Ebpf> {
+        if self.bytes.is_empty() {
+            bail!(
+                "this xlb-bench was built with AYA_BUILD_SKIP and carries no {} program",
+                self.name
+            );
         }
-        bail!(
-            "XLB_BPF_DIR={} holds no non-empty {OBJ_SINK} object",
-            d.display()
-        );
+        Ebpf::load(self.bytes).with_context(|| format!("loading {}", self.name))
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Some(bin) = std::env::var_os("XLB_BIN")
-        && let Some(dir) = Path::new(&bin).parent()
-    {
-        roots.push(dir.to_path_buf());
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        // target/<profile>/xlb-bench, or target/<profile>/deps/<test> for integration tests.
-        for dir in exe.ancestors().skip(1).take(2) {
-            roots.push(dir.to_path_buf());
-        }
-    }
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for root in &roots {
-        let Ok(rd) = std::fs::read_dir(root.join("build")) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let out = e.path().join("out");
-            if !name.starts_with("xlb-") || !usable(&out) {
-                continue;
-            }
-            let t = std::fs::metadata(out.join(OBJ_SINK))
-                .and_then(|m| m.modified())
-                .unwrap_or(std::time::UNIX_EPOCH);
-            if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
-                best = Some((t, out));
-            }
-        }
-    }
-    best.map(|(_, p)| p).ok_or_else(|| {
-        anyhow!(
-            "the benchmark's kernel objects were not found under {:?}: build xlb first \
-             (`cargo build --release -p xlb`) or set XLB_BPF_DIR",
-            roots.iter().map(|r| r.join("build")).collect::<Vec<_>>()
-        )
-    })
-}
-
-fn usable(dir: &Path) -> bool {
-    [OBJ_GEN, OBJ_SINK, OBJ_FWD].iter().all(|o| {
-        std::fs::metadata(dir.join(o))
-            .map(|m| m.len() > 0)
-            .unwrap_or(false)
-    })
-}
-
-/// Loads object `name` from [`object_dir`].
-pub fn load_object(name: &str) -> Result<Ebpf> {
-    let path = object_dir()?.join(name);
-    Ebpf::load_file(&path).with_context(|| format!("loading {}", path.display()))
 }
 
 /// Loads program `prog` of `ebpf` (an XDP program).
@@ -138,10 +105,15 @@ pub fn percpu_sum(ebpf: &Ebpf, map: &str, index: u32) -> Result<u64> {
 
 /// Attaches `prog` to `iface` inside `host`'s namespace (native XDP; veth supports it).
 fn attach_in(host: &Host, prog: &mut Xdp, iface: &str) -> Result<()> {
+    attach_mode_in(host, prog, iface, XdpMode::Driver)
+}
+
+/// Attaches `prog` to `iface` inside `host`'s namespace in `mode`.
+fn attach_mode_in(host: &Host, prog: &mut Xdp, iface: &str, mode: XdpMode) -> Result<()> {
     let iface = iface.to_string();
     host.netns()
         .run(move || {
-            prog.attach(&iface, XdpMode::Driver)
+            prog.attach(&iface, mode)
                 .with_context(|| format!("attaching XDP to {iface}"))?;
             Ok(())
         })
@@ -192,9 +164,18 @@ impl SinkCounts {
 
 impl Sink {
     /// Loads a sink and attaches it to `iface` of `host`; packets count as `to_pod` when
-    /// addressed to `pod_addr:pod_port`.
-    pub fn attach(host: &Host, iface: &str, pod_addr: Ipv4Addr, pod_port: u16) -> Result<Sink> {
-        let mut ebpf = load_object(OBJ_SINK)?;
+    /// addressed to `pod_addr:pod_port`. `native`: in the driver, where it sees XDP frames
+    /// (and gives a veth the NAPI that XDP frames redirected into its peer need); otherwise in
+    /// generic mode, where it sees every skb the interface receives, also those put into its
+    /// namespace by `bpf_redirect_peer`, and leaves the veth as a pod's ordinarily is.
+    pub fn attach(
+        host: &Host,
+        iface: &str,
+        pod_addr: Ipv4Addr,
+        pod_port: u16,
+        native: bool,
+    ) -> Result<Sink> {
+        let mut ebpf = SINK.load()?;
         {
             let mut cfg: Array<&mut MapData, SinkConfig> =
                 Array::try_from(ebpf.map_mut("XLB_SINK_CONFIG").context("XLB_SINK_CONFIG")?)?;
@@ -210,7 +191,12 @@ impl Sink {
         }
         let prog = xdp_prog(&mut ebpf, "xlb_sink")?;
         prog.load().context("loading xlb_sink")?;
-        attach_in(host, prog, iface)?;
+        let mode = if native {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        attach_mode_in(host, prog, iface, mode)?;
         Ok(Sink {
             pod: host.name().to_string(),
             ebpf,
@@ -268,7 +254,7 @@ impl Forwarder {
                 ports.len()
             );
         }
-        let mut ebpf = load_object(OBJ_FWD)?;
+        let mut ebpf = FWD.load()?;
         {
             let mut p: Array<&mut MapData, FwdPort> =
                 Array::try_from(ebpf.map_mut("XLB_FWD_PORTS").context("XLB_FWD_PORTS")?)?;

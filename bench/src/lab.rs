@@ -31,6 +31,7 @@ pub mod capture;
 pub mod client;
 pub mod manifest;
 pub mod netns;
+pub mod relink;
 pub mod servers;
 pub mod topology;
 pub mod xdp_pass;
@@ -55,11 +56,11 @@ pub use manifest::{
 pub use netns::{Netns, lab_namespaces};
 pub use servers::{POD_PORT, PodServer, PodServers, Proto, ServerStats};
 pub use topology::{
-    Cidr, ClientSpec, DEFAULT_VIP, Fabric, LabSpec, NodeSpec, PodSpec, Role, UPLINK,
+    Cidr, ClientSpec, DEFAULT_VIP, Fabric, LabSpec, NodeSpec, POD_IF, PodSpec, Role, UPLINK,
 };
 pub use xlb::{
-    BackendStatus, FlowStatus, FrontendStatus, Predictor, ServiceStatus, XlbCluster, XlbOptions,
-    XlbProcess, xlb_binary, xlb_cli,
+    BackendStatus, FlowRow, FrontendStatus, Predictor, ServiceStatus, ServiceStatusExt,
+    ServicesOutput, StatsOutput, XlbCluster, XlbOptions, XlbProcess, xlb_binary, xlb_cli,
 };
 
 /// Source ports lab clients pick explicitly ([`Host::alloc_port`]); the kernel's own ephemeral
@@ -139,9 +140,8 @@ pub struct Lab {
     prefix: String,
     workdir: PathBuf,
     hosts: Vec<Host>,
-    /// XDP links of the pass-through program on bridge ports ([`xdp_pass`]), and the program.
-    xdp_links: Vec<std::os::fd::OwnedFd>,
-    xdp_prog: Option<std::os::fd::OwnedFd>,
+    /// The pass-through program on bridge ports ([`xdp_pass`]), owner of its links.
+    xdp_pass: Option<aya::Ebpf>,
 }
 
 impl Lab {
@@ -172,8 +172,7 @@ impl Lab {
             prefix,
             workdir,
             hosts: Vec::new(),
-            xdp_links: Vec::new(),
-            xdp_prog: None,
+            xdp_pass: None,
         };
         lab.build(&plan)
             .with_context(|| format!("building lab {}", lab.prefix))?;
@@ -215,48 +214,7 @@ impl Lab {
             ns.ip(&["link", "set", &b.name, "up"])?;
         }
         for l in &plan.links {
-            let (a, b) = (self.host(&l.a.host).netns(), self.host(&l.b.host).netns());
-            a.ip(&[
-                "link",
-                "add",
-                &l.a.ifname,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &l.b.ifname,
-                "netns",
-                b.name(),
-            ])
-            .with_context(|| {
-                format!(
-                    "linking {}/{} and {}/{}",
-                    l.a.host, l.a.ifname, l.b.host, l.b.ifname
-                )
-            })?;
-            for (end, ns) in [(&l.a, a), (&l.b, b)] {
-                for c in &end.addrs {
-                    ns.ip(&["addr", "add", &c.to_string(), "dev", &end.ifname])?;
-                }
-                if let Some(m) = &end.master {
-                    ns.ip(&["link", "set", &end.ifname, "master", m])?;
-                }
-                let mut features: Vec<&str> = Vec::new();
-                if end.tx_checksum_off {
-                    features.extend(["tx", "off"]);
-                }
-                if end.gro {
-                    features.extend(["gro", "on"]);
-                }
-                if !features.is_empty() {
-                    let mut args = vec!["-K", end.ifname.as_str()];
-                    args.extend(features);
-                    ns.exec("ethtool", &args)?;
-                }
-            }
-            for (end, ns) in [(&l.a, a), (&l.b, b)] {
-                ns.ip(&["link", "set", &end.ifname, "up"])?;
-            }
+            self.create_link(l)?;
         }
         let pass_ends: Vec<&topology::EndPlan> = plan
             .links
@@ -265,12 +223,11 @@ impl Lab {
             .filter(|e| e.xdp_pass)
             .collect();
         if !pass_ends.is_empty() {
-            let prog = xdp_pass::load()?;
+            let mut prog = xdp_pass::load()?;
             for end in pass_ends {
-                let link = xdp_pass::attach(self.host(&end.host).netns(), &prog, &end.ifname)?;
-                self.xdp_links.push(link);
+                xdp_pass::attach(self.host(&end.host).netns(), &mut prog, &end.ifname)?;
             }
-            self.xdp_prog = Some(prog);
+            self.xdp_pass = Some(prog);
         }
         for r in &plan.routes {
             let args = r.ip_args();
@@ -314,6 +271,15 @@ impl Lab {
     /// The real names of every namespace of this lab.
     pub fn namespaces(&self) -> Vec<String> {
         self.hosts.iter().map(|h| h.ns_name().to_string()).collect()
+    }
+
+    /// Tears the lab down now; the names of its namespaces still there afterwards (none when
+    /// the teardown worked).
+    pub fn close(self) -> Vec<String> {
+        let names = self.namespaces();
+        drop(self);
+        let present = lab_namespaces();
+        names.into_iter().filter(|n| present.contains(n)).collect()
     }
 
     /// The pod owning `addr`, by name.
@@ -458,8 +424,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        self.xdp_links.clear();
-        self.xdp_prog = None;
+        self.xdp_pass = None;
         // Pods first, then nodes, clients and the fabric: deleting a namespace removes its
         // veths and with them their peers.
         while let Some(h) = self.hosts.pop() {

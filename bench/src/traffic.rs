@@ -18,9 +18,9 @@ use anyhow::{Context as _, Result, bail};
 use aya::Ebpf;
 use aya::maps::{Array, MapData};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
-use lb_common::csum;
 
-use crate::bpf::{self, GenConfig, OBJ_GEN, raw_addr, raw_port};
+use crate::bpf::{self, GenConfig, raw_addr, raw_port};
+use crate::frame::Frame;
 use crate::lab::Host;
 
 /// Frames per `BPF_PROG_TEST_RUN` call.
@@ -109,18 +109,6 @@ pub struct Traffic {
     pub src_mac: [u8; 6],
 }
 
-/// `acc` plus the one's-complement sum of `data` as 16-bit words (RFC 1071), not yet folded.
-fn sum16(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u64;
-    }
-    if let [last] = chunks.remainder() {
-        acc += (*last as u64) << 8;
-    }
-    acc
-}
-
 /// An IPv4 frame: Ethernet, IPv4 (DF), TCP (20 bytes) or UDP, payload filling the frame; with
 /// correct checksums.
 pub fn build_frame(
@@ -134,66 +122,29 @@ pub fn build_frame(
         bail!("frame size {} is outside 64..=1518 bytes", t.frame_size);
     }
     let len = t.frame_size as usize - 4;
-    let proto = t.mix.proto();
-    let l4_len = if proto == 6 { 20 } else { 8 };
+    let tcp = || Frame::tcp(saddr, sport, daddr, dport).seq(1_000_000);
+    let f = match t.mix {
+        Mix::Established => tcp().ack(2_000_000),
+        // The same acknowledgment number, without the ACK flag.
+        Mix::Syn => tcp().ack_number(2_000_000).syn(),
+        Mix::Udp => Frame::udp(saddr, sport, daddr, dport),
+    };
+    let headers = 14 + 20 + if t.mix.proto() == 6 { 20 } else { 8 };
     // Minimum-size TCP frames carry no payload (the 6 bytes after the headers are Ethernet
     // padding, as on a real link): a same-sequence payload would look like retransmitted data.
-    let ip_len = if proto == 6 && len <= 60 {
-        20 + l4_len
+    let payload_len = if t.mix.proto() == 6 && len <= 60 {
+        0
     } else {
-        len - 14
+        len - headers
     };
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&t.dst_mac);
-    f[6..12].copy_from_slice(&t.src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    {
-        let ip = &mut f[14..34];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-        ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-        ip[8] = 64;
-        ip[9] = proto;
-        ip[12..16].copy_from_slice(&saddr.octets());
-        ip[16..20].copy_from_slice(&daddr.octets());
-        let c = !csum::fold(sum16(ip, 0));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-    }
-    let payload_start = 34 + l4_len;
-    for (i, b) in f[payload_start..14 + ip_len].iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(7);
-    }
-    {
-        let l4 = &mut f[34..];
-        l4[0..2].copy_from_slice(&sport.to_be_bytes());
-        l4[2..4].copy_from_slice(&dport.to_be_bytes());
-        if proto == 6 {
-            l4[4..8].copy_from_slice(&1_000_000u32.to_be_bytes());
-            l4[8..12].copy_from_slice(&2_000_000u32.to_be_bytes());
-            l4[12] = 5 << 4;
-            l4[13] = match t.mix {
-                Mix::Syn => 0x02,
-                _ => 0x10,
-            };
-            l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
-        } else {
-            l4[4..6].copy_from_slice(&((ip_len - 20) as u16).to_be_bytes());
-        }
-    }
-    let seg_len = ip_len - 20;
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&saddr.octets());
-    pseudo.extend_from_slice(&daddr.octets());
-    pseudo.extend_from_slice(&[0, proto]);
-    pseudo.extend_from_slice(&(seg_len as u16).to_be_bytes());
-    let mut c = !csum::fold(sum16(&f[34..14 + ip_len], sum16(&pseudo, 0)));
-    if proto == 17 && c == 0 {
-        c = 0xffff;
-    }
-    let off = if proto == 6 { 34 + 16 } else { 34 + 6 };
-    f[off..off + 2].copy_from_slice(&c.to_be_bytes());
-    Ok(f)
+    let payload: Vec<u8> = (0..payload_len)
+        .map(|i| (i as u8).wrapping_mul(7))
+        .collect();
+    Ok(f.macs(t.src_mac, t.dst_mac)
+        .ip_id(0x1234)
+        .payload(&payload)
+        .pad_to(len)
+        .build())
 }
 
 /// The generator's template frame and its configuration.
@@ -233,15 +184,14 @@ pub fn template(t: &Traffic) -> Result<(Vec<u8>, GenConfig)> {
     Ok((f, cfg))
 }
 
-/// What the generator computes for flow `i` (mirrors `xdp/src/bin/gen.rs`), as
+/// What the generator computes for flow `i` (mirrors `xdp-bench/src/bin/gen.rs`), as
 /// (source, source port, destination VIP).
 pub fn flow(cfg: &GenConfig, i: u32) -> (Ipv4Addr, u16, Ipv4Addr) {
     let services = cfg.services.max(1);
     let s = i % services;
-    let r = i / services;
     let src_count = cfg.src_count.max(1);
-    let saddr = Ipv4Addr::from(cfg.src_base + r % src_count);
-    let sport = (cfg.sport_base + (r / src_count) % cfg.sport_count.max(1)) as u16;
+    let saddr = Ipv4Addr::from(cfg.src_base + i % src_count);
+    let sport = (cfg.sport_base + (i / src_count) % cfg.sport_count.max(1)) as u16;
     let daddr = Ipv4Addr::from(cfg.vip_base + 256 * (s / 250) + s % 250);
     (saddr, sport, daddr)
 }
@@ -272,7 +222,7 @@ impl GenRun {
 impl Generator {
     pub fn new(t: &Traffic) -> Result<Generator> {
         let (frame, config) = template(t)?;
-        let mut ebpf = bpf::load_object(OBJ_GEN)?;
+        let mut ebpf = bpf::GEN.load()?;
         {
             let mut c: Array<&mut MapData, GenConfig> =
                 Array::try_from(ebpf.map_mut("XLB_GEN_CONFIG").context("XLB_GEN_CONFIG")?)?;
@@ -373,10 +323,7 @@ fn send_loop(
     chunk: u32,
     pause: Duration,
 ) -> Result<u64> {
-    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let ctx = crate::frame::xdp_md(frame.len(), ifindex);
     let mut done = 0u64;
     while done < packets && start.elapsed() < max_time {
         crate::lab::check_interrupted()?;
@@ -419,6 +366,7 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame;
 
     fn traffic(mix: Mix) -> Traffic {
         Traffic {
@@ -431,18 +379,14 @@ mod tests {
         }
     }
 
-    /// Checks a frame's IPv4 and L4 checksums by summing them (a correct one sums to 0xffff).
+    /// Checks a frame's IPv4 and L4 checksums.
     fn check(f: &[u8], proto: u8) {
-        assert_eq!(csum::fold(sum16(&f[14..34], 0)), 0xffff, "IPv4 checksum");
+        assert_eq!(f[23], proto);
+        assert_eq!(frame::checksum(&f[14..34]), 0, "IPv4 checksum");
         let ip_len = u16::from_be_bytes([f[16], f[17]]) as usize;
-        let seg = &f[34..14 + ip_len];
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&f[26..34]);
-        pseudo.extend_from_slice(&[0, proto]);
-        pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
         assert_eq!(
-            csum::fold(sum16(seg, sum16(&pseudo, 0))),
-            0xffff,
+            frame::l4_checksum(&f[14..34], &f[34..14 + ip_len]),
+            0,
             "L4 checksum"
         );
     }

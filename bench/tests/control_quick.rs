@@ -1,7 +1,9 @@
 //! `xlb-bench control --quick`, the CI smoke test of the control-plane benchmark: the real
 //! `xlb run` in a lab node programs 1 and then 100 Services × 3 endpoints from scratch, then 5
 //! changes of each kind (add a Service, remove it, add an endpoint to one) must each reach the
-//! pinned maps. It checks that every Service and every change arrives, not speed.
+//! pinned maps; then `/metrics` and `xlb services` are timed against 20,000 synthetic flows and
+//! kube-proxy's rules are loaded for the same Services. It checks that everything arrives and
+//! is measured, not speed.
 //! Needs root and the release `xlb` binary (scripts/test.sh builds it).
 
 mod common;
@@ -46,6 +48,25 @@ fn control_quick_sees_every_service_and_change() {
                 assert_eq!(c["xlb"][field], 1, "{kind} change: {c}");
             }
         }
+    }
+    for r in runs {
+        // /metrics and `xlb services` against 20,000 synthetic flows, and the census of them.
+        let o = &r["observe"];
+        assert_eq!(o["flows"], 20_000, "{r}");
+        assert_eq!(o["scrapes"], 20, "{r}");
+        assert!(o["scrape_p99_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(o["scrape_bytes"].as_u64().unwrap() > 1000, "{r}");
+        assert!(o["services_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(o["full_walk_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(o["census_entries"].as_u64().unwrap() >= 20_000, "{r}");
+        assert!(o["census_cpu_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(o["census_per_s"], 50_000, "the default pace: {r}");
+        // kube-proxy's rules for the same Services: a rule per Service and three per endpoint.
+        let b = &r["baselines"];
+        let n = r["services"].as_u64().unwrap();
+        assert!(b["iptables_rules"].as_u64().unwrap() >= n * 7, "{r}");
+        assert!(b["iptables_restore_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(b["nft_s"].as_f64().unwrap() > 0.0, "{r}");
     }
     // (run_quick checked that no lab namespace is left; the scenario itself checks that each
     // run's pin directory is gone after `xlb down`.)

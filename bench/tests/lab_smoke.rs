@@ -57,10 +57,10 @@ fn single_node_lab_routes_client_to_pods() {
         "the lab must not touch the root namespace"
     );
 
-    // Offloads and sysctls as planned.
+    // Offloads and sysctls as planned: the plain lab keeps the veth defaults.
     let client = lab.client();
     let k = client.netns().exec("ethtool", &["-k", "eth0"]).unwrap();
-    assert!(k.contains("tx-checksumming: off"), "{k}");
+    assert!(k.contains("tx-checksumming: on"), "{k}");
     let node = lab.host("node-a");
     let fwd = node
         .netns()
@@ -170,6 +170,8 @@ fn bridge_lab_with_two_nodes() {
         vips: vec![DEFAULT_VIP],
         ipv6: false,
         pod_routes: true,
+        bench_helpers: false,
+        fabric_gro: false,
     };
     let lab = Lab::new(spec).expect("lab");
     let names = lab.namespaces();

@@ -26,10 +26,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_fake::FakeApiServer;
 use kube_fake::objects::*;
 use xlb::compile::Compiler;
-use xlb::kube_source::KubeOptions;
-use xlb::loader::{self, LoadOptions};
-use xlb::plan::NodeIdentity;
-use xlb::reconcile::{self, Reconciler};
+use xlb::compile::plan::NodeIdentity;
+use xlb::datapath::loader::{self, LoadOptions};
+use xlb::datapath::reconcile::Reconciler;
+use xlb::source::kube::KubeOptions;
 use xlb::source::{ConfigSource, KubeConfigSource, Poll};
 
 const NODES: usize = 20;
@@ -49,12 +49,15 @@ fn pod_addr(i: usize) -> String {
     a.to_string()
 }
 
+/// Service `i`: a VIP of 198.19.0.0/16, on port 80 for the first 65,536 Services, 81 for the
+/// next, and so on (100,000 Services stay within the lab's range).
 fn service(i: usize) -> Service {
-    let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i as u32);
+    let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (i % 65_536) as u32);
+    let port = 80 + (i / 65_536) as i32;
     load_balancer(
         &format!("svc-{i}"),
         &vip.to_string(),
-        &[tcp_port("http", 80, 8080, 0)],
+        &[tcp_port("http", port, 8080, 0)],
     )
     .tap_no_node_port()
 }
@@ -158,7 +161,7 @@ fn latency(services: usize, endpoints: usize, changes: usize, table_size: u32) {
                     compiler.update(source.state(), &node, &changes);
                     let compiled = t.elapsed();
                     let plan = compiler.plan();
-                    reconcile::check_capacity(plan).unwrap();
+                    rec.check_capacity(plan, compiler.last_touched()).unwrap();
                     rec.apply_changed(plan, compiler.last_touched()).unwrap();
                     let _ = since;
                     Some((compiled, t.elapsed() - compiled))
@@ -374,6 +377,25 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// `--max-*` flags for a cluster beyond the default capacities (none within them, so that a
+/// build from before the flags existed can be measured too).
+fn capacity_args(services: usize, endpoints: usize) -> Vec<String> {
+    use lb_common::maps::{MAX_BACKENDS, MAX_SERVICES};
+    let backends = services * endpoints;
+    if services < MAX_SERVICES as usize && backends < MAX_BACKENDS as usize {
+        return vec![];
+    }
+    let with_room = |n: usize| (n + n / 10).to_string();
+    vec![
+        "--max-services".into(),
+        with_room(services),
+        "--max-frontends".into(),
+        with_room(services),
+        "--max-backends".into(),
+        with_room(backends),
+    ]
+}
+
 fn full_sync(services: usize, endpoints: usize, table_size: u32) {
     let bin = xlb_bin();
     assert!(
@@ -412,6 +434,7 @@ fn full_sync(services: usize, endpoints: usize, table_size: u32) {
         .arg(&kubeconfig)
         .args(["--health-addr", "127.0.0.1:10356"])
         .args(["--maglev-table-size", &table_size.to_string()])
+        .args(capacity_args(services, endpoints))
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.join("xlb.err")).unwrap())
         .spawn()

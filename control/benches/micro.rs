@@ -7,7 +7,7 @@
 //!
 //! * fixed points: the frontend's only backend is the frontend address itself, so the DNAT
 //!   writes back the bytes it read and every iteration takes the same path (the original rows);
-//! * the frame-restoring wrapper `xlb_restore` (`xdp/src/bin/restore.rs`): it writes the
+//! * the frame-restoring wrapper `xlb_restore` (`xdp-bench/src/bin/restore.rs`): it writes the
 //!   original frame back, then tail-calls the program under test, so rewriting paths can be
 //!   timed with a real backend. Its own cost is the wrapper row (wrapper + floor) minus the
 //!   floor, measured in the same run and subtracted from the wrapped rows.
@@ -15,7 +15,10 @@
 //! Counters prove the path of every iteration: after each run the path's global counter must
 //! have grown by exactly `repeat` (and the wrapper's restore counter too), and the output frame
 //! must be what the path produces (the input for fixed points and drops, the DNATed frame for
-//! wrapped rows). Encap/decap rows come with remote backends (issue 3).
+//! wrapped rows). Encap/decap rows come with remote backends (issue 3). The encapsulation rows
+//! come twice: with node-c's prepared next hop (`XLB_NODE_HOPS`), and by lookup on a second
+//! node-a datapath whose prepared hops were removed (what every packet paid before them); both
+//! must send the same bytes, and the path's counter proves the way taken.
 #[path = "../tests/common/fib_netns.rs"]
 mod fib_netns;
 
@@ -24,22 +27,18 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use etherparse::PacketBuilder;
 use fib_netns::FibNetns;
 use lb_common::bench::{RESTORE_MAX_FRAME, RestoreFrame};
 use lb_common::maps::Reason;
 use xlb::{
     compile::compile,
-    loader::{self, FLOOR_OBJECT, LoadOptions, Loaded, PROG_FLOOR},
-    manifest,
-    plan::NodeIdentity,
-    reconcile::Reconciler,
+    compile::plan::NodeIdentity,
+    datapath::loader::{self, LoadOptions, Loaded},
+    datapath::reconcile::Reconciler,
+    source::manifest,
 };
-
-/// The frame-restoring wrapper, built with the other programs by `build.rs`.
-static RESTORE_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-restore"));
-const PROG_RESTORE: &str = "xlb_restore";
+use xlb_bench::bpf::{FLOOR, PROG_FLOOR, PROG_RESTORE, RESTORE};
+use xlb_bench::frame::{Frame, xdp_md};
 
 const REPEAT: u32 = 200_000;
 const RUNS: usize = 5;
@@ -124,23 +123,31 @@ status: {addresses: [{type: InternalIP, address: 198.18.0.4}]}
 
 const VIP_REMOTE: [u8; 4] = [198, 19, 255, 4];
 
-/// struct xdp_md with only the ingress interface set, as BPF_PROG_TEST_RUN takes it.
-fn xdp_ctx(len: usize, ifindex: u32) -> Vec<u8> {
-    [0u32, len as u32, 0, ifindex, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect()
-}
-
 static IFINDEX: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// A segment from the client's 198.18.0.10:40000: a SYN, or an ACK; sequence 1, no payload.
 fn frame(dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([198, 18, 0, 10], dst, 64)
-        .tcp(40000, dport, 1, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, &[]).unwrap();
+    let f = Frame::tcp([198, 18, 0, 10], 40000, dst, dport).seq(1);
+    if syn { f.syn() } else { f.ack(1) }.build()
+}
+
+/// An ACK from the client's 198.18.0.10:40000 carrying `len` bytes of payload.
+fn data_frame(dst: [u8; 4], dport: u16, len: usize) -> Vec<u8> {
+    let body: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    Frame::tcp([198, 18, 0, 10], 40000, dst, dport)
+        .seq(1)
+        .ack(1)
+        .payload(&body)
+        .build()
+}
+
+/// `f` as a sender with TX checksum offload hands it over: the TCP checksum field holds only
+/// the folded pseudo-header sum.
+fn partial(f: &[u8]) -> Vec<u8> {
+    let mut v = f.to_vec();
+    let tot = u16::from_be_bytes([v[16], v[17]]) as u64;
+    let p = lb_common::csum::fold(xlb_bench::frame::sum16(&v[26..34], 6 + tot - 20));
+    v[50..52].copy_from_slice(&p.to_be_bytes());
     v
 }
 
@@ -159,7 +166,7 @@ fn time(prog: &Xdp, input: &[u8]) -> (u32, f64, Vec<u8>) {
 /// `repeat` iterations on `input` arriving on the bench namespace's uplink.
 fn run(prog: &Xdp, input: &[u8], repeat: u32) -> (u32, f64, Vec<u8>) {
     let mut out = vec![0u8; input.len() + 128];
-    let ctx = xdp_ctx(
+    let ctx = xdp_md(
         input.len(),
         IFINDEX.load(std::sync::atomic::Ordering::Relaxed),
     );
@@ -192,6 +199,9 @@ enum Prog {
     WrapXlb,
     /// The wrapper, tail-calling node-c's xlb (the backend node of the remote Service).
     WrapXlbC,
+    /// The wrapper, tail-calling a second node-a xlb without prepared next hops: the remote
+    /// path by lookup (`bpf_fib_lookup` per packet), as before `XLB_NODE_HOPS`.
+    WrapXlbLookup,
 }
 
 struct Row {
@@ -199,10 +209,16 @@ struct Row {
     prog: Prog,
     input: Vec<u8>,
     reason: Option<Reason>,
+    /// A second counter every iteration must grow (the remote path's way to the node).
+    via: Option<Reason>,
     /// Expected output frame.
     output: Vec<u8>,
     /// Expected verdict.
     verdict: u32,
+    /// The SYN-flood guard engaged for every new flow (rate 1/s): a SYN gets no conntrack
+    /// write. The first new flow of each one-second window is recorded, so the row's counter
+    /// may fall short of `repeat` by the windows the run crosses.
+    guard: bool,
 }
 
 const XDP_DROP: u32 = 1;
@@ -234,7 +250,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let Loaded { mut ebpf, maps } = loader::load(&LoadOptions {
+    let Loaded { mut ebpf, maps, .. } = loader::load(&LoadOptions {
         pin_dir: None,
         conntrack_size: 65536,
     })
@@ -253,7 +269,7 @@ fn main() {
     let netns = FibNetns::new("micro");
     netns.enter();
     IFINDEX.store(netns.ifindex, std::sync::atomic::Ordering::Relaxed);
-    rec.apply_tunnel(&xlb::tunnel::tunnel_plan(
+    rec.apply_tunnel(&xlb::compile::tunnel::tunnel_plan(
         &state,
         "node-a",
         lb_common::maps::GENEVE_PORT,
@@ -265,6 +281,7 @@ fn main() {
     let Loaded {
         ebpf: mut ebpf_c,
         maps: maps_c,
+        ..
     } = loader::load(&LoadOptions {
         pin_dir: None,
         conntrack_size: 65536,
@@ -276,7 +293,7 @@ fn main() {
         ..node.clone()
     };
     rec_c
-        .apply_tunnel(&xlb::tunnel::tunnel_plan(
+        .apply_tunnel(&xlb::compile::tunnel::tunnel_plan(
             &state,
             "node-c",
             lb_common::maps::GENEVE_PORT,
@@ -287,7 +304,38 @@ fn main() {
         .apply(&compile(&state, &node_c))
         .expect("apply node-c");
 
-    let mut floor_obj = EbpfLoader::new().load(FLOOR_OBJECT).expect("load floor");
+    // node-a again, without prepared next hops: the lookup path, measured in the same run.
+    let Loaded {
+        ebpf: mut ebpf_l,
+        maps: maps_l,
+        ..
+    } = loader::load(&LoadOptions {
+        pin_dir: None,
+        conntrack_size: 65536,
+    })
+    .expect("load node-a (lookup)");
+    let mut rec_l = Reconciler::adopt(maps_l).expect("adopt node-a (lookup)");
+    rec_l
+        .apply_tunnel(&xlb::compile::tunnel::tunnel_plan(
+            &state,
+            "node-a",
+            lb_common::maps::GENEVE_PORT,
+            &[],
+        ))
+        .expect("apply tunnel (lookup)");
+    rec_l
+        .apply(&compile(&state, &node))
+        .expect("apply (lookup)");
+    let hopped: Vec<u32> = rec_l.maps.node_hops.keys().map(|k| k.unwrap()).collect();
+    assert!(
+        !hopped.is_empty(),
+        "node-c's neighbour is permanent: its hop must be prepared"
+    );
+    for k in hopped {
+        rec_l.maps.node_hops.remove(&k).unwrap();
+    }
+
+    let mut floor_obj = EbpfLoader::new().load(FLOOR.bytes).expect("load floor");
     let floor: &mut Xdp = floor_obj
         .program_mut(PROG_FLOOR)
         .unwrap()
@@ -295,7 +343,7 @@ fn main() {
         .unwrap();
     floor.load().expect("load floor program");
     let mut wrap_obj = EbpfLoader::new()
-        .load(RESTORE_OBJECT)
+        .load(RESTORE.bytes)
         .expect("load the restore wrapper");
     let wrap: &mut Xdp = wrap_obj
         .program_mut(PROG_RESTORE)
@@ -307,20 +355,16 @@ fn main() {
     let syn = frame(VIP, 80, true);
     let ack = frame(VIP, 80, false);
     let other = frame([198, 18, 0, 99], 80, true);
+    // The node's own traffic: to its address, on a port no frontend uses (ssh).
+    let own = frame([198, 18, 0, 2], 22, false);
     let denied = frame(VIP_DENIED, 80, true);
     let real_syn = padded(&frame(VIP_REAL, 80, true));
     let real_ack = padded(&frame(VIP_REAL, 80, false));
     let syn_padded = padded(&syn);
     // What xlb makes of them: DNAT to the pod's 8080, checksums fixed.
     let dnat = |f: &[u8]| -> Vec<u8> {
-        let tcp = etherparse::TcpHeaderSlice::from_slice(&f[34..]).unwrap();
-        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([198, 18, 0, 10], POD, 64)
-            .tcp(40000, 8080, 1, 64240);
-        let b = if tcp.syn() { b.syn() } else { b.ack(1) };
-        let mut v = Vec::new();
-        b.write(&mut v, &[]).unwrap();
-        padded(&v)
+        let syn = f[34 + 13] & 0x02 != 0; // the TCP flags' SYN bit
+        padded(&frame(POD, 8080, syn))
     };
     // The remote Service: encapsulated to node-c. The expected outputs are what one wrapped
     // run makes; every timed run must make exactly the same bytes.
@@ -353,6 +397,17 @@ fn main() {
         loader::xdp_program(&mut ebpf).unwrap(),
         &remote_ack,
     );
+    for (input, want) in [(&remote_syn, &encap_syn), (&remote_ack, &encap_ack)] {
+        let looked_up = once(
+            &mut wrap_obj,
+            loader::xdp_program(&mut ebpf_l).unwrap(),
+            input,
+        );
+        assert_eq!(
+            &looked_up, want,
+            "the lookup path sends what the prepared one does"
+        );
+    }
     let decap_out = once(
         &mut wrap_obj,
         loader::xdp_program(&mut ebpf_c).unwrap(),
@@ -361,6 +416,28 @@ fn main() {
     assert_eq!(
         &decap_out[14..],
         &encap_syn[14 + lb_common::maps::ENCAP_OVERHEAD as usize..]
+    );
+    // Segments with payload, their checksum full or partial: 1,400 bytes on the fixed-point
+    // Service (the partial one is summed to be told from a full one and stays partial, for the
+    // kernel's skb), and 150 bytes to the remote Service, which fits the wrapper (the partial
+    // one is completed for XDP_TX).
+    let big_full = data_frame(VIP, 80, 1400);
+    let big_partial = partial(&big_full);
+    let remote_full = padded(&data_frame(VIP_REMOTE, 80, 150));
+    let remote_partial = padded(&partial(&data_frame(VIP_REMOTE, 80, 150)));
+    let encap_full = once(
+        &mut wrap_obj,
+        loader::xdp_program(&mut ebpf).unwrap(),
+        &remote_full,
+    );
+    let encap_completed = once(
+        &mut wrap_obj,
+        loader::xdp_program(&mut ebpf).unwrap(),
+        &remote_partial,
+    );
+    assert_eq!(
+        encap_completed, encap_full,
+        "a completed partial checksum is the full one"
     );
     // Open both flows once so the ACK paths are conntrack hits.
     for f in [&syn, &real_syn] {
@@ -379,104 +456,223 @@ fn main() {
             prog: Prog::Floor,
             input: syn.clone(),
             reason: None,
+            via: None,
             output: syn.clone(),
             verdict: XDP_TX,
+            guard: false,
         },
         Row {
             name: "established TCP (conntrack hit)",
             prog: Prog::Xlb,
             input: ack.clone(),
             reason: Some(Reason::CtHit),
+            via: None,
             output: ack.clone(),
             verdict: XDP_PASS,
+            guard: false,
         },
         Row {
             name: "new-flow SYN (Maglev + conntrack insert)",
             prog: Prog::Xlb,
             input: syn.clone(),
             reason: Some(Reason::CtNew),
+            via: None,
             output: syn.clone(),
             verdict: XDP_PASS,
+            guard: false,
         },
         Row {
             name: "non-frontend pass",
             prog: Prog::Xlb,
             input: other.clone(),
             reason: Some(Reason::PassNoFrontend),
+            via: None,
             output: other.clone(),
             verdict: XDP_PASS,
+            guard: false,
+        },
+        Row {
+            name: "non-frontend pass, a port no frontend uses",
+            prog: Prog::Xlb,
+            input: own.clone(),
+            reason: Some(Reason::PassNoFrontend),
+            via: None,
+            output: own.clone(),
+            verdict: XDP_PASS,
+            guard: false,
         },
         Row {
             name: "denied source (loadBalancerSourceRanges)",
             prog: Prog::Xlb,
             input: denied.clone(),
             reason: Some(Reason::DropSourceRange),
+            via: None,
             output: denied.clone(),
             verdict: XDP_DROP,
+            guard: false,
         },
         Row {
             name: "restore wrapper + floor",
             prog: Prog::WrapFloor,
             input: syn_padded.clone(),
             reason: None,
+            via: None,
             output: syn_padded.clone(),
             verdict: XDP_TX,
+            guard: false,
         },
         Row {
             name: "established TCP, real DNAT (wrapped)",
             prog: Prog::WrapXlb,
             input: real_ack.clone(),
             reason: Some(Reason::CtHit),
+            via: None,
             output: dnat(&real_ack),
             verdict: XDP_PASS,
+            guard: false,
         },
         Row {
             name: "new-flow SYN, real DNAT (wrapped)",
             prog: Prog::WrapXlb,
             input: real_syn.clone(),
             reason: Some(Reason::CtNew),
+            via: None,
             output: dnat(&real_syn),
             verdict: XDP_PASS,
+            guard: false,
         },
         Row {
             name: "encap: established TCP to a remote pod (wrapped)",
             prog: Prog::WrapXlb,
             input: remote_ack.clone(),
             reason: Some(Reason::CtHit),
+            via: Some(Reason::EncapPrepared),
             output: encap_ack.clone(),
             verdict: XDP_TX,
+            guard: false,
         },
         Row {
             name: "encap: new-flow SYN to a remote pod (wrapped)",
             prog: Prog::WrapXlb,
             input: remote_syn.clone(),
             reason: Some(Reason::CtNew),
+            via: Some(Reason::EncapPrepared),
             output: encap_syn.clone(),
             verdict: XDP_TX,
+            guard: false,
+        },
+        Row {
+            name: "encap by lookup: established TCP (wrapped)",
+            prog: Prog::WrapXlbLookup,
+            input: remote_ack.clone(),
+            reason: Some(Reason::CtHit),
+            via: Some(Reason::EncapHopFallback),
+            output: encap_ack.clone(),
+            verdict: XDP_TX,
+            guard: false,
+        },
+        Row {
+            name: "encap by lookup: new-flow SYN (wrapped)",
+            prog: Prog::WrapXlbLookup,
+            input: remote_syn.clone(),
+            reason: Some(Reason::CtNew),
+            via: Some(Reason::EncapHopFallback),
+            output: encap_syn.clone(),
+            verdict: XDP_TX,
+            guard: false,
+        },
+        Row {
+            name: "new-flow SYN, real DNAT, SYN guard engaged (wrapped)",
+            prog: Prog::WrapXlb,
+            input: real_syn.clone(),
+            reason: Some(Reason::SynGuarded),
+            via: None,
+            output: dnat(&real_syn),
+            verdict: XDP_PASS,
+            guard: true,
+        },
+        Row {
+            name: "encap: new-flow SYN, SYN guard engaged (wrapped)",
+            prog: Prog::WrapXlb,
+            input: remote_syn.clone(),
+            reason: Some(Reason::SynGuarded),
+            via: None,
+            output: encap_syn.clone(),
+            verdict: XDP_TX,
+            guard: true,
+        },
+        Row {
+            name: "established TCP, 1400 B, full checksum",
+            prog: Prog::Xlb,
+            input: big_full.clone(),
+            reason: Some(Reason::CtHit),
+            via: None,
+            output: big_full.clone(),
+            verdict: XDP_PASS,
+            guard: false,
+        },
+        Row {
+            name: "established TCP, 1400 B, partial checksum",
+            prog: Prog::Xlb,
+            input: big_partial.clone(),
+            reason: Some(Reason::L4CsumPartialKept),
+            via: None,
+            output: big_partial.clone(),
+            verdict: XDP_PASS,
+            guard: false,
+        },
+        Row {
+            name: "encap: established, 150 B, full checksum (wrapped)",
+            prog: Prog::WrapXlb,
+            input: remote_full.clone(),
+            reason: Some(Reason::CtHit),
+            via: None,
+            output: encap_full.clone(),
+            verdict: XDP_TX,
+            guard: false,
+        },
+        Row {
+            name: "encap: established, 150 B, partial checksum (wrapped)",
+            prog: Prog::WrapXlb,
+            input: remote_partial.clone(),
+            reason: Some(Reason::L4CsumCompleted),
+            via: None,
+            output: encap_full.clone(),
+            verdict: XDP_TX,
+            guard: false,
         },
         Row {
             name: "decap on the backend's node (wrapped)",
             prog: Prog::WrapXlbC,
             input: encap_syn.clone(),
             reason: Some(Reason::Decap),
+            via: None,
             output: decap_out.clone(),
             verdict: XDP_PASS,
+            guard: false,
         },
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     for _ in 0..RUNS {
         for (i, row) in rows.iter().enumerate() {
-            let counters = if row.prog == Prog::WrapXlbC {
-                &rec_c
-            } else {
-                &rec
+            rec.set_syn_guard_rate(if row.guard { 1 } else { 0 })
+                .expect("setting the SYN guard");
+            let counters = match row.prog {
+                Prog::WrapXlbC => &rec_c,
+                Prog::WrapXlbLookup => &rec_l,
+                _ => &rec,
             };
             let before = row.reason.map(|r| counters.maps.global(r).unwrap());
-            let wrapped = matches!(row.prog, Prog::WrapFloor | Prog::WrapXlb | Prog::WrapXlbC);
+            let via_before = row.via.map(|r| counters.maps.global(r).unwrap());
+            let wrapped = matches!(
+                row.prog,
+                Prog::WrapFloor | Prog::WrapXlb | Prog::WrapXlbC | Prog::WrapXlbLookup
+            );
             if wrapped {
                 let target: &Xdp = match row.prog {
                     Prog::WrapFloor => floor_obj.program(PROG_FLOOR).unwrap().try_into().unwrap(),
                     Prog::WrapXlbC => loader::xdp_program(&mut ebpf_c).unwrap(),
+                    Prog::WrapXlbLookup => loader::xdp_program(&mut ebpf_l).unwrap(),
                     _ => loader::xdp_program(&mut ebpf).unwrap(),
                 };
                 set_restore(&mut wrap_obj, &row.input, target);
@@ -488,7 +684,7 @@ fn main() {
                     &row.input,
                 ),
                 Prog::Xlb => time(loader::xdp_program(&mut ebpf).unwrap(), &row.input),
-                Prog::WrapFloor | Prog::WrapXlb | Prog::WrapXlbC => time(
+                Prog::WrapFloor | Prog::WrapXlb | Prog::WrapXlbC | Prog::WrapXlbLookup => time(
                     wrap_obj.program(PROG_RESTORE).unwrap().try_into().unwrap(),
                     &row.input,
                 ),
@@ -501,9 +697,17 @@ fn main() {
             );
             if let (Some(r), Some(b)) = (row.reason, before) {
                 let grown = counters.maps.global(r).unwrap() - b;
+                let slack = if row.guard { 8 } else { 0 };
+                assert!(
+                    grown <= REPEAT as u64 && grown + slack >= REPEAT as u64,
+                    "{name}: not every iteration took this path ({grown} of {REPEAT})"
+                );
+            }
+            if let (Some(r), Some(b)) = (row.via, via_before) {
+                let grown = counters.maps.global(r).unwrap() - b;
                 assert_eq!(
                     grown, REPEAT as u64,
-                    "{name}: not every iteration took this path"
+                    "{name}: not every iteration took this way to the node"
                 );
             }
             if wrapped {
@@ -518,7 +722,11 @@ fn main() {
     }
     let med: Vec<f64> = samples.iter().map(|s| median(s.clone())).collect();
     let floor_ns = med[0];
-    let wrapper_ns = med[5] - floor_ns;
+    let wrapper_row = rows
+        .iter()
+        .position(|r| r.prog == Prog::WrapFloor)
+        .expect("the wrapper row");
+    let wrapper_ns = med[wrapper_row] - floor_ns;
     println!(
         "BPF_PROG_TEST_RUN, {REPEAT} iterations per run, median of {RUNS} interleaved runs; \
          wrapped rows less the wrapper's own {wrapper_ns:.0} ns"
@@ -529,7 +737,10 @@ fn main() {
     );
     let mut json = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let wrapped = matches!(row.prog, Prog::WrapXlb | Prog::WrapXlbC);
+        let wrapped = matches!(
+            row.prog,
+            Prog::WrapXlb | Prog::WrapXlbC | Prog::WrapXlbLookup
+        );
         let m = if wrapped { med[i] - wrapper_ns } else { med[i] };
         println!(
             "{:<42} {:>8.0} {:>12.0} {:>9.2}",

@@ -5,13 +5,15 @@
 //! needs root).
 use std::time::{Duration, Instant};
 
+use lb_common::maglev::{self, MaglevBackend};
 use xlb::{
-    cluster::ClusterState,
+    compile::plan::NodeIdentity,
     compile::{Compiler, compile},
-    loader::{self, LoadOptions, Loaded},
-    manifest,
-    plan::NodeIdentity,
-    reconcile::Reconciler,
+    datapath::capacity::Capacity,
+    datapath::loader::{self, LoadOptions, Loaded},
+    datapath::reconcile::Reconciler,
+    source::cluster::ClusterState,
+    source::manifest,
 };
 
 const ENDPOINTS: usize = 10;
@@ -53,14 +55,39 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The value after `--name`, if any.
+fn flag(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).cloned()
+}
+
+/// `VmHWM` of this process, in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
 fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
+    // The first bare number is N; `--table-size M` sets M.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || args[i - 1] != "--table-size")
+        .find_map(|(_, a)| a.parse().ok())
         .unwrap_or(1000);
+    let table_size: u32 = flag("--table-size")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16381);
     let node = NodeIdentity {
         node_name: "node-a".into(),
-        table_size: 16381,
+        table_size,
         extra_local_addrs: vec![],
     };
     let text = manifests(n, None);
@@ -72,12 +99,37 @@ fn main() {
     let t = Instant::now();
     let plan = compile(&state, &node);
     let compile_t = t.elapsed();
-    let Loaded { ebpf: _ebpf, maps } = loader::load(&LoadOptions {
-        pin_dir: None,
-        conntrack_size: 1024,
-    })
+    // How much of the compile is Maglev: the same tables built again, one after another.
+    let t = Instant::now();
+    for svc in plan.services.values() {
+        let b: Vec<MaglevBackend> = svc
+            .backends
+            .iter()
+            .map(|b| MaglevBackend::from_ipv4(b.addr, b.port, b.weight))
+            .collect();
+        std::hint::black_box(maglev::build_table(&b, svc.table_size).unwrap());
+    }
+    let maglev_t = t.elapsed();
+    // Capacities for N beyond the defaults (the maps are created at load time).
+    let defaults = Capacity::default();
+    let capacity = Capacity {
+        services: defaults.services.max(n as u32),
+        frontends: defaults.frontends.max(n as u32),
+        backends: defaults.backends.max((n * ENDPOINTS) as u32),
+    };
+    let t = Instant::now();
+    let Loaded {
+        ebpf: _ebpf, maps, ..
+    } = loader::load_sized(
+        &LoadOptions {
+            pin_dir: None,
+            conntrack_size: 1024,
+        },
+        &capacity,
+    )
     .unwrap();
     let mut rec = Reconciler::adopt(maps).unwrap();
+    let load_t = t.elapsed();
     let t = Instant::now();
     let first = rec.apply(&plan).unwrap();
     let apply = t.elapsed();
@@ -85,11 +137,14 @@ fn main() {
     let t = Instant::now();
     assert!(rec.apply(&plan).unwrap().is_empty());
     let resync = t.elapsed();
-    println!("{n} Services x {ENDPOINTS} endpoints, M = 16381");
+    println!("{n} Services x {ENDPOINTS} endpoints, M = {table_size}");
     println!("  parse manifests     {parse:>12.3?}");
     println!("  compile             {compile_t:>12.3?}");
+    println!("    Maglev tables alone, built again one by one {maglev_t:>12.3?}");
+    println!("  load + adopt        {load_t:>12.3?}");
     println!("  apply (from empty)  {apply:>12.3?}");
     println!("  resync (no change)  {resync:>12.3?}");
+    println!("  peak RSS            {:>9.0} MiB", peak_rss_mib());
 
     // One endpoint of one Service changes: diff the state, compile what changed, apply the
     // touched Service ports, as `xlb run` does on a change of its manifests.

@@ -1,28 +1,26 @@
-//! The `xlb` control process: config sources, the pure compile step, the map reconciler, the
-//! loader and the CLI's inspection commands.
-pub mod bpf_link;
-pub mod cli;
-pub mod cli_docs;
-pub mod cluster;
-pub mod compile;
-pub mod conntrack;
-pub mod counters;
-pub mod datapath;
-pub mod flows;
-pub mod health;
-pub mod ifaddrs;
-pub mod inspect;
-pub mod kube_source;
-pub mod loader;
-pub mod logging;
-pub mod manifest;
-pub mod metrics;
-pub mod output;
-pub mod pins;
-pub mod plan;
-pub mod reconcile;
-pub mod run;
+//! The `xlb` control process, in layers. Each layer uses only the layers above it in this list
+//! (`tests/layers.rs` checks it):
+//!
+//! ```text
+//! sys       raw system calls and OS queries (bpf(2) commands aya lacks, interface addresses)
+//! source    where the cluster comes from: Kubernetes watchers or manifest files → ClusterState
+//! compile   the pure step: ClusterState + this node → DatapathPlan (frontends, backends, tables)
+//! datapath  the kernel side as user space sees it: loading, pins, links, maps, the reconciler
+//!           that writes a plan into them, and the one conntrack walk
+//! observe   reading the datapath for people and machines: counters, metrics, health, logs
+//! cli       the inspection commands and their arguments and output contracts
+//! daemon    `xlb run` and `xlb down`: wires sources → compile → datapath, serves observe
+//! ```
+pub mod sys;
+
 pub mod source;
-pub mod table_map;
-pub mod top;
-pub mod tunnel;
+
+pub mod compile;
+
+pub mod datapath;
+
+pub mod observe;
+
+pub mod cli;
+
+pub mod daemon;

@@ -98,11 +98,12 @@ fn bad_arguments_are_rejected_by_the_parser() {
     }
 }
 
-/// A scratch network namespace with a veth pair `v0`/`v1`, and a scratch pin directory on
-/// bpffs; both removed on drop (also when the test fails).
+/// A scratch network namespace with a veth pair `v0`/`v1`, a scratch pin directory on bpffs,
+/// and the foreign program's object file; all removed on drop (also when the test fails).
 struct BusyLab {
     ns: String,
     pins: std::path::PathBuf,
+    object: std::path::PathBuf,
 }
 
 impl BusyLab {
@@ -110,6 +111,8 @@ impl BusyLab {
         let lab = BusyLab {
             ns: format!("xlbtest-busy-{}", std::process::id()),
             pins: format!("/sys/fs/bpf/xlb-cli-test-{}-busy", std::process::id()).into(),
+            object: std::env::temp_dir()
+                .join(format!("xlb-cli-test-{}-floor.o", std::process::id())),
         };
         let ip = |args: &[&str]| {
             let out = Command::new("ip").args(args).output().expect("running ip");
@@ -121,7 +124,13 @@ impl BusyLab {
         ]);
         ip(&["-n", &lab.ns, "link", "set", "v0", "up"]);
         // Somebody else's XDP program on v0: the benchmark's floor program, attached by `ip`.
-        let floor = concat!(env!("OUT_DIR"), "/xlb-floor");
+        let floor = xlb_bench::bpf::FLOOR.bytes;
+        assert!(
+            !floor.is_empty(),
+            "xlb-bench was built without its programs"
+        );
+        std::fs::write(&lab.object, floor).expect("writing the floor object");
+        let object = lab.object.to_str().expect("a UTF-8 temporary path");
         ip(&[
             "-n",
             &lab.ns,
@@ -131,7 +140,7 @@ impl BusyLab {
             "v0",
             "xdpgeneric",
             "obj",
-            floor,
+            object,
             "sec",
             "xdp",
         ]);
@@ -157,6 +166,7 @@ impl Drop for BusyLab {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = std::fs::remove_file(&self.object);
     }
 }
 

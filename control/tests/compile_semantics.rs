@@ -4,15 +4,15 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use lb_common::maglev::{MaglevBackend, build_table};
+use lb_common::maglev::{MAGLEV_LADDER, MaglevBackend, table_size_for};
 use lb_common::maps::NO_BACKEND;
-use xlb::cluster::ClusterState;
 use xlb::compile::compile;
-use xlb::manifest;
-use xlb::plan::{
+use xlb::compile::plan::{
     BackendPlan, BackendState, DatapathPlan, FrontendKind, FrontendPlan, HealthCheckPlan,
     NodeIdentity, Protocol, ServicePlan, ServicePortKey,
 };
+use xlb::source::cluster::ClusterState;
+use xlb::source::manifest;
 
 const M: u32 = 251;
 
@@ -28,10 +28,16 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
+/// What compile gets. Objects the manifest source would refuse go in too: compile must cope
+/// with whatever a source hands it, and these tests hold it to that.
 fn state(yaml: &str) -> ClusterState {
     let loaded = manifest::load_str(Path::new("test.yaml"), yaml).unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-    loaded.state
+    let mut state = loaded.state;
+    for rejected in loaded.rejected {
+        rejected.object.upsert_into(&mut state);
+    }
+    state
 }
 
 fn plan(yaml: &str) -> DatapathPlan {
@@ -100,21 +106,20 @@ fn ready(addr: &str, port: u16, node: &str) -> BackendPlan {
     backend(addr, port, node, 1, BackendState::Ready)
 }
 
-/// The table the Maglev builder makes for these backends, as compile must embed it.
-fn table_for(backends: &[BackendPlan]) -> Vec<u32> {
+/// The table size the ladder gives these backends under the cap `M`, as compile must plan it.
+fn size_for(backends: &[BackendPlan]) -> u32 {
     let mb: Vec<_> = backends
         .iter()
         .map(|b| MaglevBackend::from_ipv4(b.addr, b.port, b.weight))
         .collect();
-    build_table(&mb, M).unwrap().slots().to_vec()
+    table_size_for(&mb, M)
 }
 
 fn service_plan(frontends: Vec<FrontendPlan>, backends: Vec<BackendPlan>) -> ServicePlan {
     ServicePlan {
         frontends,
-        table: table_for(&backends),
+        table_size: size_for(&backends),
         backends,
-        table_size: M,
         source_ranges: vec![],
         local_only: false,
         affinity_timeout: None,
@@ -123,9 +128,17 @@ fn service_plan(frontends: Vec<FrontendPlan>, backends: Vec<BackendPlan>) -> Ser
 
 /// How many table slots each backend owns.
 fn slot_counts(plan: &ServicePlan) -> Vec<usize> {
+    let table = plan.maglev_table().unwrap();
     (0..plan.backends.len())
-        .map(|i| plan.table.iter().filter(|&&s| s == i as u32).count())
+        .map(|i| table.slots().iter().filter(|&&s| s == i as u32).count())
         .collect()
+}
+
+/// The plan's table is all "no backend", at the bottom of the ladder.
+fn assert_empty_table(plan: &ServicePlan) {
+    assert_eq!(plan.table_size, MAGLEV_LADDER[0]);
+    let table = plan.maglev_table().unwrap();
+    assert_eq!(table.slots(), vec![NO_BACKEND; MAGLEV_LADDER[0] as usize]);
 }
 
 const NODES: &str = "\
@@ -235,11 +248,10 @@ fn nginx_example_full_plan() {
     assert_eq!(plan, expected);
 
     let svc = &plan.services[&tcp("nginx", "http")];
-    assert_eq!(svc.table.len(), M as usize);
     let counts = slot_counts(svc);
     assert_eq!(
         counts.iter().sum::<usize>(),
-        M as usize,
+        svc.table_size as usize,
         "every slot is owned"
     );
     assert!(counts.iter().all(|&c| (80..=88).contains(&c)), "{counts:?}");
@@ -461,7 +473,7 @@ fn serving_terminating_endpoints_are_the_fallback() {
     assert_eq!(*svc, service_plan(vec![node_port(30081)], expected));
     let counts = slot_counts(svc);
     assert_eq!(counts[1], 0);
-    assert_eq!(counts[0] + counts[2], M as usize);
+    assert_eq!(counts[0] + counts[2], svc.table_size as usize);
 }
 
 #[test]
@@ -470,7 +482,7 @@ fn no_endpoints_still_program_the_frontend_with_an_empty_table() {
     let svc = &plan.services[&tcp("web", "http")];
     assert_eq!(svc.frontends, vec![node_port(30081)]);
     assert!(svc.backends.is_empty());
-    assert_eq!(svc.table, vec![NO_BACKEND; M as usize]);
+    assert_empty_table(svc);
 }
 
 #[test]
@@ -1009,10 +1021,11 @@ fn an_invalid_table_size_falls_back_to_the_default() {
         &node,
     );
     let svc = &plan.services[&tcp("web", "http")];
-    assert_eq!(svc.table_size, lb_common::maps::MAGLEV_DEFAULT_TABLE_SIZE);
-    assert_eq!(svc.table.len(), svc.table_size as usize);
+    // No endpoint: the bottom of the ladder, whatever the cap.
+    assert_eq!(svc.table_size, MAGLEV_LADDER[0]);
     assert!(
-        plan.warnings[0].contains("not prime"),
+        plan.warnings[0].contains("not prime")
+            && plan.warnings[0].contains("using the default table size 16381"),
         "{:?}",
         plan.warnings
     );
@@ -1138,9 +1151,10 @@ fn docs_example_compiles_as_documented() {
         warnings: vec![],
     };
     assert_eq!(plan, expected);
-    let counts = slot_counts(&plan.services[&tcp("nginx", "http")]);
+    let svc = &plan.services[&tcp("nginx", "http")];
+    let counts = slot_counts(svc);
     assert_eq!(counts[2], 0);
-    assert_eq!(counts[0] + counts[1], M as usize);
+    assert_eq!(counts[0] + counts[1], svc.table_size as usize);
 }
 
 // ---- externalTrafficPolicy, healthCheckNodePort, sessionAffinity ----
@@ -1221,7 +1235,7 @@ fn local_traffic_policy_keeps_only_this_nodes_endpoints() {
             ..service_plan(lb_frontends(), expected)
         }
     );
-    assert_eq!(slot_counts(svc), [M as usize, 0]);
+    assert_eq!(slot_counts(svc), [svc.table_size as usize, 0]);
     assert!(svc.backends.iter().all(|b| b.local));
     assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
 }
@@ -1261,7 +1275,7 @@ fn local_traffic_policy_falls_back_to_local_terminating_endpoints_only() {
             )
         }
     );
-    assert_eq!(slot_counts(svc), [M as usize, 0]);
+    assert_eq!(slot_counts(svc), [svc.table_size as usize, 0]);
 }
 
 #[test]
@@ -1276,7 +1290,7 @@ fn local_traffic_policy_without_a_local_endpoint_drops() {
     assert_eq!(svc.frontends, lb_frontends());
     assert!(svc.backends.is_empty());
     assert!(svc.local_only);
-    assert_eq!(svc.table, vec![NO_BACKEND; M as usize]);
+    assert_empty_table(svc);
 }
 
 #[test]

@@ -14,20 +14,20 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
-use etherparse::PacketBuilder;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_fake::objects::*;
 use kube_fake::{FakeApiServer, Outage, Res};
-use lb_common::maps::{NO_BACKEND, Reason};
-use xlb::cluster::Changes;
+use lb_common::maps::Reason;
 use xlb::compile::Compiler;
-use xlb::health::{HealthServer, Readiness};
-use xlb::kube_source::KubeOptions;
-use xlb::loader::{self, LoadOptions};
-use xlb::plan::{BackendState, DatapathPlan, NodeIdentity};
-use xlb::reconcile::{self, ApplyReport, Reconciler};
+use xlb::compile::plan::{BackendState, DatapathPlan, NodeIdentity};
+use xlb::datapath::loader::{self, LoadOptions};
+use xlb::datapath::reconcile::{ApplyReport, Reconciler};
+use xlb::observe::health::{HealthServer, Readiness};
+use xlb::source::cluster::Changes;
+use xlb::source::kube::KubeOptions;
 use xlb::source::{ConfigSource, KubeConfigSource, Poll};
+use xlb_bench::frame::tcp;
 
 const M: u32 = 251;
 const VIP: [u8; 4] = [198, 19, 255, 1];
@@ -121,7 +121,9 @@ impl Harness {
         self.compiler
             .update(self.source.state(), &self.node, changes);
         let plan = self.compiler.plan();
-        reconcile::check_capacity(plan).unwrap();
+        self.rec
+            .check_capacity(plan, self.compiler.last_touched())
+            .unwrap();
         // As `xlb run` does: only the touched Service ports' tables are rebuilt.
         let report = self
             .rec
@@ -217,17 +219,6 @@ impl Drop for Harness {
     }
 }
 
-fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 64240);
-    let b = if syn { b.syn() } else { b.ack(5000) };
-    let payload: &[u8] = if syn { &[] } else { b"hello" };
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
-}
-
 fn web() -> Service {
     load_balancer("web", "198.19.255.1", &[tcp_port("http", 80, 8080, 30080)])
 }
@@ -293,9 +284,9 @@ fn a_service_is_created_gets_endpoints_drains_one_and_is_deleted() {
             80,
             6,
         );
-        let slot = svc.table[(hash % svc.table_size) as usize];
-        assert_ne!(slot, NO_BACKEND);
-        assert_eq!(pod, svc.backends[slot as usize].addr, "source port {sport}");
+        let table = svc.maglev_table().expect("table");
+        let b = table.lookup(hash).expect("a backend");
+        assert_eq!(pod, b.ipv4(), "source port {sport}");
         by_pod.entry(pod).or_default().push(sport);
     }
     assert_eq!(by_pod.len(), 2, "{by_pod:?}");
@@ -443,6 +434,8 @@ fn gone_relists_and_rewrites_only_what_changed() {
 #[test]
 fn the_datapath_keeps_serving_while_the_api_is_away() {
     let mut h = synced_cluster("outage");
+    // Whatever the first sync still has on its way is applied before the outages begin.
+    h.idle(Duration::from_millis(500));
     let before = h.web_backends();
     for (outage, what) in [
         (Outage::Refuse, "connections refused"),
@@ -460,10 +453,19 @@ fn the_datapath_keeps_serving_while_the_api_is_away() {
         let start = Instant::now();
         let mut errors_seen = false;
         while start.elapsed() < Duration::from_millis(1500) {
-            assert!(
-                !h.turn(Duration::from_millis(50)),
-                "programmed during {what}"
-            );
+            match h.source.poll(Duration::from_millis(50)) {
+                Poll::Unchanged => {}
+                Poll::Changed { changes, .. } => panic!(
+                    "programmed during {what}: {changes:?}; the server's last requests: {:?}",
+                    h.server
+                        .requests()
+                        .iter()
+                        .rev()
+                        .take(12)
+                        .collect::<Vec<_>>()
+                ),
+                Poll::Failed(e) => panic!("the Kubernetes source failed: {e}"),
+            }
             errors_seen |= h
                 .source
                 .watchers()

@@ -1,10 +1,13 @@
-//! Manifest loading: kubectl-style lists, multi-document files, directories, skipped kinds, and
-//! errors that point at the right file, line and column.
+//! Manifest loading: kubectl-style lists, multi-document files, directories, skipped kinds,
+//! errors that point at the right file, line and column, objects the API server would refuse
+//! (rejected whole, the last good version kept), and alias bombs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use xlb::manifest::{self, ManifestError};
+use xlb::source::manifest::{self, ManifestError};
+use xlb::source::{ConfigSource, ManifestSource, Poll};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -12,7 +15,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn names<'a>(it: impl Iterator<Item = (&'a xlb::cluster::ObjectKey, impl Sized)>) -> Vec<String> {
+fn names<'a>(
+    it: impl Iterator<Item = (&'a xlb::source::cluster::ObjectKey, impl Sized)>,
+) -> Vec<String> {
     it.map(|(k, _)| k.to_string()).collect()
 }
 
@@ -511,4 +516,297 @@ fn cached_reload_parses_only_changed_files_and_equals_a_full_load() {
     fs::write(dir.join("f.yaml"), "").unwrap();
     let again = check(&mut cache, 1);
     assert_eq!(again.warnings, loaded.warnings);
+}
+
+// ---- objects the API server would refuse ----
+
+const WEB_AND_API: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: default}
+spec:
+  type: NodePort
+  ports: [{name: http, port: 80, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: LoadBalancer
+  ports: [{name: http, port: 80, nodePort: 30081}]
+status:
+  loadBalancer:
+    ingress: [{ip: 198.19.255.1}]
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata: {name: node-a}
+  status: {addresses: [{type: InternalIP, address: 198.18.0.11}]}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: node-b}
+  status: {addresses: [{type: InternalIP, address: 198.18.0.12}]}
+";
+
+#[test]
+fn an_invalid_object_is_rejected_whole_with_its_position() {
+    let text = WEB_AND_API
+        .replace("port: 80, nodePort: 30081", "port: 70000, nodePort: 30081")
+        .replace("address: 198.18.0.12", "address: 198.18.0.300");
+    let loaded = manifest::load_str(Path::new("all.yaml"), &text).unwrap();
+    // The valid objects are there; the invalid ones are not, not even in part.
+    assert_eq!(names(loaded.state.services()), ["default/api"]);
+    let nodes: Vec<_> = loaded.state.nodes().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes, ["node-a"]);
+    let shown: Vec<String> = loaded.rejected.iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "all.yaml:8:1: Service default/web is invalid: spec.ports[0].port: Invalid value: \
+             70000: must be between 1 and 65535, inclusive",
+            "all.yaml:25:3: Node node-b is invalid: items[1]: status.addresses[0].address: \
+             Invalid value: \"198.18.0.300\": must be a valid IP address, (e.g. 10.9.8.7 or \
+             2001:db8::ffff)",
+        ]
+    );
+    assert_eq!(loaded.rejected[1].document, 3);
+    // Every reason of an object is given.
+    let text = WEB_AND_API.replace(
+        "ingress: [{ip: 198.19.255.1}]",
+        "ingress: [{ip: 999.1.2.3}, {ip: 198.19.255.2, ipMode: Tunnel}]",
+    );
+    let loaded = manifest::load_str(Path::new("all.yaml"), &text).unwrap();
+    assert_eq!(loaded.rejected.len(), 1);
+    let r = &loaded.rejected[0];
+    assert_eq!((r.line, r.column), (Some(8), Some(1)));
+    assert_eq!(
+        r.message,
+        "status.loadBalancer.ingress[0].ip: Invalid value: \"999.1.2.3\": must be a valid IP \
+         address, (e.g. 10.9.8.7 or 2001:db8::ffff); status.loadBalancer.ingress[1].ipMode: \
+         Unsupported value: \"Tunnel\": supported values: \"Proxy\", \"VIP\""
+    );
+}
+
+#[test]
+fn only_the_first_rejections_of_a_file_are_located() {
+    let mut text = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    let n = manifest::POSITIONED_REJECTIONS + 4;
+    for i in 0..n {
+        text.push_str(&format!(
+            "- {{apiVersion: v1, kind: Service, metadata: {{name: s{i}}}, spec: {{ports: [{{port: 0}}]}}}}\n"
+        ));
+    }
+    let loaded = manifest::load_str(Path::new("many.yaml"), &text).unwrap();
+    assert!(loaded.state.is_empty());
+    assert_eq!(loaded.rejected.len(), n);
+    for (i, r) in loaded.rejected.iter().enumerate() {
+        if i < manifest::POSITIONED_REJECTIONS {
+            assert_eq!(r.line, Some(4 + i), "{r}");
+            assert!(
+                r.message
+                    .starts_with(&format!("items[{i}]: spec.ports[0].port")),
+                "{r}"
+            );
+        } else {
+            assert_eq!(r.line, None, "{r}");
+            assert!(
+                r.to_string()
+                    .starts_with("many.yaml: document 1: Service default/s"),
+                "{r}"
+            );
+        }
+    }
+}
+
+/// Replaces a file by a rename (a new inode), as editors and ConfigMap updates do.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+fn service_port(source: &impl ConfigSource, name: &str) -> i32 {
+    source
+        .state()
+        .service("default", name)
+        .expect("service")
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()[0]
+        .port
+}
+
+fn changed(poll: Poll) -> Vec<String> {
+    match poll {
+        Poll::Changed { warnings, .. } => warnings,
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+/// The next poll that is not `Unchanged`: the source learns of file changes from inotify
+/// events, which arrive on their own thread.
+fn next(source: &mut ManifestSource) -> Poll {
+    for _ in 0..20 {
+        match source.poll(Duration::from_millis(500)) {
+            Poll::Unchanged => continue,
+            other => return other,
+        }
+    }
+    panic!("no change seen in 10 s");
+}
+
+#[test]
+fn a_bad_edit_keeps_the_last_good_version_and_the_rest_of_the_file_applies() {
+    let tmp = TempDir::new("lastgood");
+    let file = tmp.0.join("all.yaml");
+    fs::write(&file, WEB_AND_API).unwrap();
+    let mut source = ManifestSource::new(tmp.0.clone());
+    let warnings = changed(next(&mut source));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(service_port(&source, "web"), 80);
+
+    // One edit of the file: web gets port 70000, api moves to 81, node-b changes address.
+    replace_file(
+        &file,
+        &WEB_AND_API
+            .replace("port: 80, nodePort: 30081", "port: 70000, nodePort: 30081")
+            .replace("port: 80, nodePort: 30080", "port: 81, nodePort: 30080")
+            .replace("198.18.0.12", "198.18.0.22"),
+    );
+    let warnings = changed(next(&mut source));
+    let shown = format!(
+        "{}:8:1: Service default/web is invalid: spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive; the last good version stays programmed",
+        file.display()
+    );
+    assert_eq!(warnings, std::slice::from_ref(&shown));
+    assert_eq!(service_port(&source, "web"), 80, "the last good web stays");
+    let web = source.state().service("default", "web").unwrap();
+    assert_eq!(
+        web.status
+            .as_ref()
+            .unwrap()
+            .load_balancer
+            .as_ref()
+            .unwrap()
+            .ingress
+            .as_ref()
+            .unwrap()[0]
+            .ip
+            .as_deref(),
+        Some("198.19.255.1")
+    );
+    assert_eq!(
+        service_port(&source, "api"),
+        81,
+        "the other Service updates"
+    );
+    let node_b = source.state().node("node-b").unwrap();
+    assert_eq!(
+        node_b.status.as_ref().unwrap().addresses.as_ref().unwrap()[0].address,
+        "198.18.0.22"
+    );
+
+    // Another file changes (to no objects): nothing to program, the rejection (of a file that
+    // did not change) is not reported again, and web still stays.
+    fs::write(tmp.0.join("b.yaml"), "").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(matches!(
+        source.poll(Duration::from_millis(500)),
+        Poll::Unchanged
+    ));
+    assert_eq!(service_port(&source, "web"), 80);
+
+    // A new object that is invalid is not created at all.
+    fs::write(
+        tmp.0.join("b.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: new}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 80}]}\n",
+    )
+    .unwrap();
+    let warnings = changed(next(&mut source));
+    assert!(
+        warnings.iter().any(|w| w.contains(
+            "b.yaml:1:1: Service default/new is invalid: spec.ports[0].nodePort: Invalid value: 80"
+        ) && w.ends_with("; it is not programmed")),
+        "{warnings:?}"
+    );
+    assert!(source.state().service("default", "new").is_none());
+
+    // Fixing the edit applies it.
+    replace_file(
+        &file,
+        &WEB_AND_API.replace("port: 80, nodePort: 30081", "port: 8080, nodePort: 30081"),
+    );
+    fs::remove_file(tmp.0.join("b.yaml")).unwrap();
+    let warnings = changed(next(&mut source));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(service_port(&source, "web"), 8080);
+    assert_eq!(service_port(&source, "api"), 80);
+}
+
+#[test]
+fn a_billion_laughs_document_is_an_error() {
+    // Nine levels of ten aliases: 10^9 strings if expanded.
+    let mut text = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\ndata:\n  a0: &a0 lol\n",
+    );
+    for level in 1..10 {
+        let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+        text.push_str(&format!("  a{level}: &a{level} [{refs}]\n"));
+    }
+    let err = manifest::load_str(Path::new("lol.yaml"), &text).unwrap_err();
+    assert!(matches!(err, ManifestError::Invalid { .. }), "{err:?}");
+    // The parser's own limit on alias replays stops this one.
+    assert!(
+        err.to_string().starts_with("lol.yaml:")
+            && err.to_string().contains("repetition limit exceeded"),
+        "{err}"
+    );
+
+    // Few aliases, each to a big node: no alias-count limit sees it, the node budget does.
+    let mut text = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: wide}\ndata:\n  big: &big [",
+    );
+    text.push_str(&vec!["x"; 3000].join(","));
+    text.push_str("]\n  copies: [");
+    text.push_str(&vec!["*big"; 3000].join(","));
+    text.push_str("]\n");
+    let err = manifest::load_str(Path::new("wide.yaml"), &text).unwrap_err();
+    assert!(
+        err.to_string().contains("refusing it as an alias bomb"),
+        "{err}"
+    );
+    assert_eq!(err.path(), Path::new("wide.yaml"));
+    assert!(err.line().is_some(), "{err}");
+
+    // Ordinary use of anchors is fine.
+    let text = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, labels: &labels {app: web, tier: front}}
+spec:
+  type: NodePort
+  selector: *labels
+  ports: [{name: http, port: 80, nodePort: 30080}]
+";
+    let loaded = manifest::load_str(Path::new("anchors.yaml"), text).unwrap();
+    assert_eq!(names(loaded.state.services()), ["default/web"]);
+    let selector = loaded
+        .state
+        .service("default", "web")
+        .unwrap()
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .clone();
+    assert_eq!(
+        selector.unwrap().get("tier").map(String::as_str),
+        Some("front")
+    );
 }

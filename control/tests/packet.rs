@@ -6,7 +6,11 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use lb_common::maps::Reason;
+use lb_common::maps::{
+    CtValue, FlowKey, FrontendKey, FrontendValue, MAP_CONNTRACK, MAX_BACKENDS, MAX_SERVICES, Reason,
+};
+use xlb::datapath::loader::LoadOptions;
+use xlb_bench::frame;
 
 const WEB_HTTP: &str = "default/web:http/TCP";
 const WEB_DNS: &str = "default/web:dns/UDP";
@@ -182,31 +186,13 @@ fn vlan_tagged_frames_are_balanced() {
     assert_checksums(&out);
 }
 
-/// Inserts 4 bytes of IPv4 options (NOPs + EOL) and fixes lengths and the header checksum.
-fn with_ip_options(frame: &[u8]) -> Vec<u8> {
-    let mut v = frame[..34].to_vec();
-    v.extend_from_slice(&[1, 1, 1, 0]);
-    v.extend_from_slice(&frame[34..]);
-    v[14] = 0x46;
-    let tot = u16::from_be_bytes([v[16], v[17]]) + 4;
-    v[16..18].copy_from_slice(&tot.to_be_bytes());
-    v[24] = 0;
-    v[25] = 0;
-    let mut sum: u32 = 0;
-    for c in v[14..38].chunks(2) {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    v[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    v
-}
-
 #[test]
 fn ip_options_are_skipped_and_checksums_stay_valid() {
     let mut f = fixture();
-    let frame = with_ip_options(&tcp(CLIENT, 47000, VIP, 80, false));
+    // 4 bytes of IPv4 options: NOPs and EOL.
+    let frame = frame::tcp_frame(CLIENT, 47000, VIP, 80, false)
+        .ip_options(&[1, 1, 1, 0])
+        .build();
     assert_checksums(&frame);
     let (act, out) = f.xdp(&frame);
     assert_eq!(act, XDP_PASS);
@@ -341,4 +327,251 @@ fn new_flows_are_counted_once_per_flow_per_frontend_and_backend() {
         .collect();
     assert_eq!(per_backend.iter().sum::<u64>(), 11, "{per_backend:?}");
     assert_eq!(f.counter(Reason::CtNew), 11);
+}
+
+fn flow_key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr: u32::from_ne_bytes(src),
+        dst_addr: u32::from_ne_bytes(dst),
+        src_port: sport.to_be(),
+        dst_port: dport.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn a_flow_whose_backend_is_gone_is_picked_again() {
+    let mut f = fixture();
+    // A conntrack entry naming a backend slot that holds no backend, as after a release that
+    // raced the flow's last packet.
+    let gone = MAX_BACKENDS - 1;
+    assert_eq!(f.rec.maps.backends.get(&gone, 0).unwrap().flags, 0);
+    let key = flow_key(CLIENT, 51000, VIP, 80, 6);
+    let stale = CtValue {
+        backend_id: gone,
+        frontend_id: 0,
+        created_ns: 0,
+        last_seen_ns: 0,
+        ..Default::default()
+    };
+    f.rec.maps.conntrack.insert(key, stale, 0).unwrap();
+
+    let (act, out) = f.xdp(&tcp(CLIENT, 51000, VIP, 80, false));
+    assert_eq!(act, XDP_PASS);
+    assert_eq!(f.counter(Reason::CtStaleBackend), 1);
+    assert_eq!(f.counter(Reason::CtHit), 0);
+    assert_eq!(f.counter(Reason::CtNew), 1);
+    assert_eq!(dst(&out), f.predict(WEB_HTTP, CLIENT, 51000, VIP, 80, 6));
+    assert_checksums(&out);
+    let now = f.rec.maps.conntrack.get(&key, 0).unwrap();
+    assert_ne!(now.backend_id, gone, "the entry names the new pick");
+
+    // The next packet of the flow follows the repaired entry.
+    let (_, again) = f.xdp(&tcp(CLIENT, 51000, VIP, 80, false));
+    assert_eq!(dst(&again), dst(&out));
+    assert_eq!(f.counter(Reason::CtHit), 1);
+    assert_eq!(f.counter(Reason::CtStaleBackend), 1);
+}
+
+#[test]
+fn a_frontend_without_a_maglev_table_drops_and_counts() {
+    let mut f = fixture();
+    let key = FrontendKey {
+        addr: u32::from_ne_bytes(VIP),
+        port: 80u16.to_be(),
+        proto: 6,
+        _pad: 0,
+    };
+    let fe = f.rec.maps.frontends.get(&key, 0).unwrap();
+    // A table whose header says M = 0 (the frontend's own table_size is not what the datapath
+    // reads: the table describes itself).
+    let zero_id = MAX_SERVICES - 2;
+    let table = xlb::datapath::maglev_map::create(&[0, 0]).unwrap();
+    xlb::datapath::maglev_map::swap_all(&f.rec.maps.maglev_fd, &[(zero_id, table)]).unwrap();
+    let zero = FrontendValue {
+        service_id: zero_id,
+        ..fe
+    };
+    f.rec.maps.frontends.insert(key, zero, 0).unwrap();
+    let (act, _) = f.xdp(&tcp(CLIENT, 52000, VIP, 80, true));
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(f.counter(Reason::DropNoTable), 1);
+    // A Service id whose table slot is empty.
+    let orphan_id = MAX_SERVICES - 1;
+    assert!(f.rec.maps.maglev.get(&orphan_id, 0).is_err());
+    let orphan = FrontendValue {
+        service_id: orphan_id,
+        ..fe
+    };
+    f.rec.maps.frontends.insert(key, orphan, 0).unwrap();
+    let (act, _) = f.xdp(&tcp(CLIENT, 52001, VIP, 80, true));
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(f.counter(Reason::DropNoTable), 2);
+    assert_eq!(f.counter(Reason::CtNew), 0);
+    assert_eq!(f.counter(Reason::DropNoBackend), 0);
+}
+
+/// A bpffs directory for one test's pinned maps, removed on drop.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/xlb-packet-test-{}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("maps")).unwrap();
+        PinDir(dir)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_failed_conntrack_insert_is_counted_and_the_packet_still_forwarded() {
+    // An LRU map evicts rather than fail, so the loader is handed a pinned conntrack map of the
+    // same layout that can fail: a plain hash with room for one flow.
+    let pins = PinDir::new("ctfail");
+    let pin = pins.0.join("maps").join(MAP_CONNTRACK);
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args(["type", "hash", "key", "16", "value", "32", "entries", "1"])
+        .args(["name", "xlb_ct_one"])
+        .output()
+        .expect("bpftool (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool map create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let opts = LoadOptions {
+        pin_dir: Some(pins.0.clone()),
+        conntrack_size: 4096,
+    };
+    let mut f = Fixture::load(&opts, &manifest(&PODS, &[]), "node-a");
+
+    let (act, _) = f.xdp(&tcp(CLIENT, 53000, VIP, 80, true));
+    assert_eq!(act, XDP_PASS);
+    assert_eq!(f.counter(Reason::CtInsertFailed), 0);
+    let (act, out) = f.xdp(&tcp(CLIENT, 53001, VIP, 80, true));
+    assert_eq!(act, XDP_PASS, "forwarded without its conntrack entry");
+    assert_eq!(f.counter(Reason::CtInsertFailed), 1);
+    assert_eq!(dst(&out), f.predict(WEB_HTTP, CLIENT, 53001, VIP, 80, 6));
+    assert_checksums(&out);
+    assert_eq!(f.counter(Reason::FwdLocal), 2);
+    assert!(
+        f.rec
+            .maps
+            .conntrack
+            .get(&flow_key(CLIENT, 53001, VIP, 80, 6), 0)
+            .is_err()
+    );
+}
+
+/// The idle sweep removes exactly the flows idle past their protocol's timeout, each with its
+/// reverse-NAT entry, and leaves the rest to the datapath.
+#[test]
+fn the_idle_sweep_expires_flows_idle_past_their_timeout() {
+    let mut f = fixture();
+    // (client port, protocol, idle seconds, expired?): the timeouts are 300 s (UDP) and a day
+    // (TCP), written here rather than read from the code under test.
+    // An idle time longer than the machine's uptime cannot be written (the clock is
+    // CLOCK_MONOTONIC): such cases are left out.
+    let now = xlb::sys::clock::monotonic_ns();
+    let flows: Vec<(u16, u8, u64, bool)> = [
+        (54000, 17, 301, true),
+        (54001, 17, 250, false),
+        (54002, 6, 3600, false),
+        (54003, 6, 86_401, true),
+    ]
+    .into_iter()
+    .filter(|&(_, _, idle_s, _)| idle_s * 1_000_000_000 < now)
+    .collect();
+    for &(sport, proto, _, _) in &flows {
+        let frame = if proto == 17 {
+            udp(CLIENT, sport, VIP, 53)
+        } else {
+            tcp(CLIENT, sport, VIP, 80, true)
+        };
+        assert_eq!(f.xdp(&frame).0, XDP_PASS);
+    }
+    let dport = |proto: u8| if proto == 17 { 53 } else { 80 };
+    let reply_key = |f: &Fixture, sport: u16, proto: u8| {
+        let key = flow_key(CLIENT, sport, VIP, dport(proto), proto);
+        let ct = f.rec.maps.conntrack.get(&key, 0).unwrap();
+        let b = f.rec.maps.backends.get(&ct.backend_id, 0).unwrap();
+        FlowKey {
+            src_addr: b.addr,
+            dst_addr: u32::from_ne_bytes(CLIENT),
+            src_port: b.port,
+            dst_port: sport.to_be(),
+            proto,
+            _pad: [0; 3],
+        }
+    };
+    let replies: Vec<FlowKey> = flows
+        .iter()
+        .map(|&(sport, proto, _, _)| reply_key(&f, sport, proto))
+        .collect();
+    for &(sport, proto, idle_s, _) in &flows {
+        let key = flow_key(CLIENT, sport, VIP, dport(proto), proto);
+        let mut ct = f.rec.maps.conntrack.get(&key, 0).unwrap();
+        ct.last_seen_ns = now - idle_s * 1_000_000_000;
+        f.rec.maps.conntrack.insert(key, ct, 0).unwrap();
+    }
+
+    let expired = flows.iter().filter(|c| c.3).count();
+    assert_eq!(
+        xlb::datapath::conntrack::expire(&mut f.rec.maps).unwrap(),
+        expired
+    );
+    for (&(sport, proto, idle_s, expired), reply) in flows.iter().zip(&replies) {
+        let key = flow_key(CLIENT, sport, VIP, dport(proto), proto);
+        let what = format!("proto {proto} idle {idle_s} s");
+        assert_eq!(
+            f.rec.maps.conntrack.get(&key, 0).is_err(),
+            expired,
+            "{what}: conntrack"
+        );
+        assert_eq!(
+            f.rec.maps.revnat.get(reply, 0).is_err(),
+            expired,
+            "{what}: reverse NAT"
+        );
+    }
+}
+
+/// Every counter the datapath has is named by some packet test (each counter it names is
+/// asserted): a new counter comes with the test that drives its path.
+#[test]
+fn every_counter_is_asserted_by_a_packet_test() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut named = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(file.starts_with("packet") && file.ends_with(".rs")) {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        for after in source.split("Reason::").skip(1) {
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            named.insert(name);
+        }
+    }
+    let unnamed: Vec<Reason> = Reason::ALL
+        .into_iter()
+        .filter(|r| !named.contains(&format!("{r:?}")))
+        .collect();
+    assert!(unnamed.is_empty(), "no packet test asserts {unnamed:?}");
 }

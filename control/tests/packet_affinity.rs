@@ -9,7 +9,7 @@ use lb_common::maps::Reason;
 
 const WEB_HTTP: &str = "default/web:http/TCP";
 
-fn with_affinity(yaml: &str, timeout: u32) -> xlb::plan::DatapathPlan {
+fn with_affinity(yaml: &str, timeout: u32) -> xlb::compile::plan::DatapathPlan {
     let mut plan = plan_for(yaml);
     for (k, svc) in plan.services.iter_mut() {
         if k.to_string() == WEB_HTTP {
@@ -19,7 +19,7 @@ fn with_affinity(yaml: &str, timeout: u32) -> xlb::plan::DatapathPlan {
     plan
 }
 
-fn apply(f: &mut Fixture, plan: xlb::plan::DatapathPlan) {
+fn apply(f: &mut Fixture, plan: xlb::compile::plan::DatapathPlan) {
     f.rec.apply(&plan).expect("apply");
     f.plan = plan;
 }

@@ -1,6 +1,6 @@
 //! Remote backends, packet by packet: Geneve encapsulation at the edge (byte for byte), the MTU
 //! guard, decapsulation on the backend's node, the reply rewrite there, and malformed tunnel
-//! packets. FIB lookups run in a private network namespace with a private interface, so the
+//! packets (foreign Geneve and forged xlb packets: `packet_tunnel_trust.rs`). FIB lookups run in a private network namespace with a private interface, so the
 //! results never depend on the host's routes and nothing is ever sent.
 mod common;
 #[path = "common/fib_netns.rs"]
@@ -9,9 +9,13 @@ mod fib_netns;
 use std::net::Ipv4Addr;
 
 use common::*;
-use etherparse::PacketBuilder;
 use fib_netns::FibNetns;
-use lb_common::maps::{ENCAP_OVERHEAD, Reason};
+use lb_common::maps::Reason;
+use xlb_bench::frame::{self, Frame};
+
+/// Outer IPv4 (20) + UDP (8) + Geneve (8) + the xlb option (12), from the Geneve layout rather
+/// than from the code under test.
+const ENCAP_OVERHEAD: usize = 48;
 
 const XDP_TX: u32 = 3;
 const EDGE: [u8; 4] = [198, 18, 0, 2];
@@ -59,21 +63,29 @@ items:
     .to_string()
 }
 
-fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
+/// What the edge sends node-c for the client's TCP flow from `client_port` to VIP:80: the
+/// outer source port is the flow hash with the top bit set.
+fn expected_from_edge(edge_mac: [u8; 6], client_port: u16, inner: &[u8]) -> Vec<u8> {
+    let hash = lb_common::hash::flow_hash(
+        u32::from_be_bytes(CLIENT),
+        u32::from_be_bytes(VIP),
+        client_port,
+        80,
+        6,
+    );
+    expected_encap(
+        NODE_C_MAC,
+        edge_mac,
+        EDGE,
+        NODE_C,
+        hash as u16 | 0x8000,
+        (VIP, 80, 6),
+        inner,
+    )
 }
 
 /// The frame the edge must emit for `inner` (already DNATed), built independently of the code
-/// under test.
+/// under test: outer IPv4 with DF, UDP without a checksum, Geneve with xlb's option.
 fn expected_encap(
     dmac: [u8; 6],
     smac: [u8; 6],
@@ -83,31 +95,11 @@ fn expected_encap(
     fe: ([u8; 4], u16, u8),
     inner: &[u8],
 ) -> Vec<u8> {
-    let tot = (inner.len() + ENCAP_OVERHEAD as usize) as u16;
-    let mut v = Vec::new();
-    v.extend_from_slice(&dmac);
-    v.extend_from_slice(&smac);
-    v.extend_from_slice(&[0x08, 0x00]);
-    let mut iph = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    iph[2..4].copy_from_slice(&tot.to_be_bytes());
-    iph.extend_from_slice(&src);
-    iph.extend_from_slice(&dst);
-    let c = fold(sum16(&iph));
-    iph[10..12].copy_from_slice(&c.to_be_bytes());
-    v.extend_from_slice(&iph);
-    v.extend_from_slice(&sport.to_be_bytes());
-    v.extend_from_slice(&6081u16.to_be_bytes());
-    v.extend_from_slice(&(tot - 20).to_be_bytes());
-    v.extend_from_slice(&[0, 0]);
-    // Geneve: version 0, 3 words of options, IPv4 payload, VNI 0.
-    v.extend_from_slice(&[0x03, 0x00, 0x08, 0x00, 0, 0, 0, 0]);
-    // xlb option: class 0xfff0, type 1, 2 words: frontend address, port, protocol.
-    v.extend_from_slice(&[0xff, 0xf0, 0x01, 0x02]);
-    v.extend_from_slice(&fe.0);
-    v.extend_from_slice(&fe.1.to_be_bytes());
-    v.extend_from_slice(&[fe.2, 0]);
-    v.extend_from_slice(inner);
-    v
+    Frame::udp(src, sport, dst, 6081)
+        .macs(smac, dmac)
+        .no_udp_checksum()
+        .payload(&frame::geneve(fe.0, fe.1, fe.2, inner))
+        .build()
 }
 
 #[test]
@@ -121,7 +113,7 @@ fn syn_to_a_remote_pod_is_encapsulated_byte_for_byte() {
     assert_eq!(f.counter(Reason::FwdEncapTx), 1);
 
     // The inner packet is the client's, DNATed to the pod.
-    let inner = &out[14 + ENCAP_OVERHEAD as usize..];
+    let inner = &out[14 + ENCAP_OVERHEAD..];
     let mut want_inner = frame[14..].to_vec();
     want_inner[16..20].copy_from_slice(&POD_C1);
     want_inner[22..24].copy_from_slice(&8080u16.to_be_bytes());
@@ -137,23 +129,7 @@ fn syn_to_a_remote_pod_is_encapsulated_byte_for_byte() {
     }
     assert_eq!(a, b);
 
-    let hash = lb_common::hash::flow_hash(
-        u32::from_be_bytes(CLIENT),
-        u32::from_be_bytes(VIP),
-        40000,
-        80,
-        6,
-    );
-    let want = expected_encap(
-        NODE_C_MAC,
-        ns.mac,
-        EDGE,
-        NODE_C,
-        hash as u16 | 0x8000,
-        (VIP, 80, 6),
-        inner,
-    );
-    assert_eq!(out, want);
+    assert_eq!(out, expected_from_edge(ns.mac, 40000, inner));
 }
 
 #[test]
@@ -170,27 +146,17 @@ fn no_neighbour_yet_hands_the_encapsulated_packet_to_the_kernel() {
     assert_eq!(&out[..12], &frame[..12]);
     assert_eq!(&out[14 + 16..14 + 20], &NODE_D);
     assert_eq!(
-        &out[14 + ENCAP_OVERHEAD as usize + 16..14 + ENCAP_OVERHEAD as usize + 20],
+        &out[14 + ENCAP_OVERHEAD + 16..14 + ENCAP_OVERHEAD + 20],
         &POD_D1
     );
 }
 
 fn big_tcp(df: bool) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4(CLIENT, VIP, 64)
-        .tcp(40002, 80, 1, 64240)
+    let f = Frame::tcp(CLIENT, 40002, VIP, 80)
+        .seq(1)
         .ack(1)
-        .write(&mut v, &[0x5a; 1420])
-        .unwrap();
-    if !df {
-        // PacketBuilder sets DF; clear it and fix the header checksum.
-        v[20] &= !0x40;
-        v[24..26].fill(0);
-        let c = fold(sum16(&v[14..34]));
-        v[24..26].copy_from_slice(&c.to_be_bytes());
-    }
-    v
+        .payload(&[0x5a; 1420]);
+    if df { f } else { f.may_fragment() }.build()
 }
 
 #[test]
@@ -214,23 +180,20 @@ fn too_big_for_the_tunnel_gets_icmp_fragmentation_needed() {
     assert_eq!(ip[9], 1, "ICMP");
     assert_eq!(&ip[12..16], &VIP, "from the address the client used");
     assert_eq!(&ip[16..20], &CLIENT);
-    assert_eq!(fold(sum16(ip)), 0, "IPv4 checksum");
+    assert_eq!(frame::checksum(ip), 0, "IPv4 checksum");
     let icmp = &out[34..];
     assert_eq!(
         (icmp[0], icmp[1]),
         (3, 4),
         "destination unreachable, fragmentation needed"
     );
-    assert_eq!(
-        u16::from_be_bytes([icmp[6], icmp[7]]),
-        1500 - ENCAP_OVERHEAD as u16
-    );
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1452);
     assert_eq!(
         &icmp[8..],
         &frame[14..14 + 28],
         "quotes the original header and 8 bytes"
     );
-    assert_eq!(fold(sum16(icmp)), 0, "ICMP checksum");
+    assert_eq!(frame::checksum(icmp), 0, "ICMP checksum");
 
     // Without DF the client allows fragmentation, which XDP cannot do: dropped and counted.
     let (act, _) = f.xdp_on(&big_tcp(false), ns.ifindex);
@@ -269,7 +232,7 @@ fn backend_node_decapsulates_and_rewrites_the_reply() {
     assert_eq!(&out[12..14], &[0x08, 0x00]);
     assert_eq!(
         &out[14..],
-        &tunnel[14 + ENCAP_OVERHEAD as usize..],
+        &tunnel[14 + ENCAP_OVERHEAD..],
         "exactly the inner packet"
     );
     assert_eq!(dst(&out), (Ipv4Addr::from(POD_C1), 8080));
@@ -285,7 +248,7 @@ fn backend_node_decapsulates_and_rewrites_the_reply() {
 }
 
 #[test]
-fn malformed_and_foreign_tunnel_packets_are_dropped_and_counted() {
+fn malformed_xlb_tunnel_packets_and_strangers_are_dropped_and_counted() {
     let good = edge_output(41001);
     let mut node_c = Fixture::for_node(&remote_manifest(), "node-c");
     let udp = 14 + 20;
@@ -295,25 +258,21 @@ fn malformed_and_foreign_tunnel_packets_are_dropped_and_counted() {
     let mut short = good[..gnv + 10].to_vec();
     let short_len = short.len();
     short[16..18].copy_from_slice(&((short_len - 14) as u16).to_be_bytes());
-    short[24..26].fill(0);
-    let c = fold(sum16(&short[14..34]));
-    short[24..26].copy_from_slice(&c.to_be_bytes());
+    frame::set_ipv4_checksum(&mut short[14..34]);
     short[udp + 4..udp + 6].copy_from_slice(&((short_len - udp) as u16).to_be_bytes());
     cases.push(("truncated geneve", short, Reason::DropTunnelMalformed));
     let mut version = good.clone();
     version[gnv] |= 0x40;
     cases.push(("geneve version 1", version, Reason::DropTunnelMalformed));
-    let mut class = good.clone();
-    class[gnv + 8] = 0x01;
-    cases.push(("foreign option class", class, Reason::DropTunnelMalformed));
+    let mut opt_type = good.clone();
+    opt_type[gnv + 10] = 0x02;
+    cases.push(("unknown option type", opt_type, Reason::DropTunnelMalformed));
     let mut payload = good.clone();
     payload[gnv + 2..gnv + 4].copy_from_slice(&[0x65, 0x58]);
     cases.push(("Ethernet payload", payload, Reason::DropTunnelMalformed));
     let mut stranger = good.clone();
     stranger[14 + 12..14 + 16].copy_from_slice(&[198, 18, 0, 99]);
-    stranger[24..26].fill(0);
-    let c = fold(sum16(&stranger[14..34]));
-    stranger[24..26].copy_from_slice(&c.to_be_bytes());
+    frame::set_ipv4_checksum(&mut stranger[14..34]);
     cases.push((
         "source is not a cluster node",
         stranger,
@@ -333,4 +292,123 @@ fn malformed_and_foreign_tunnel_packets_are_dropped_and_counted() {
     let (act, _) = node_c.xdp(&elsewhere);
     assert_eq!(act, XDP_PASS);
     assert_eq!(node_c.counter(Reason::PassNoFrontend), 1);
+}
+
+const XDP_REDIRECT: u32 = 4;
+
+#[test]
+fn a_next_hop_on_another_interface_is_a_redirect() {
+    let ns = FibNetns::new("redirect");
+    ns.enter();
+    let mut f = Fixture::for_node(&remote_manifest(), "node-a");
+    // Arriving on the uplink's peer: the route to node-c leaves through the uplink.
+    let frame = tcp(CLIENT, 40003, VIP, 80, true);
+    let (act, out) = f.xdp_on(&frame, ns.peer_ifindex);
+    assert_eq!(act, XDP_REDIRECT);
+    assert_eq!(f.counter(Reason::FwdEncapRedirect), 1);
+    assert_eq!(f.counter(Reason::FwdEncapTx), 0);
+    let inner = &out[14 + ENCAP_OVERHEAD..];
+    assert_eq!(dst(&out[ENCAP_OVERHEAD..]), (Ipv4Addr::from(POD_C1), 8080));
+    assert_eq!(out, expected_from_edge(ns.mac, 40003, inner));
+}
+
+/// `frame` with `tags` (TPID, VLAN id) inserted after the MAC addresses, outermost first.
+fn tagged(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut v = frame[..12].to_vec();
+    for (tpid, id) in tags {
+        v.extend_from_slice(&tpid.to_be_bytes());
+        v.extend_from_slice(&id.to_be_bytes());
+    }
+    v.extend_from_slice(&frame[12..]);
+    v
+}
+
+#[test]
+fn vlan_and_802_1ad_tagged_frames_are_encapsulated_without_their_tag() {
+    let ns = FibNetns::new("vlanencap");
+    ns.enter();
+    let plain = tcp(CLIENT, 40004, VIP, 80, true);
+    let (act, want) = Fixture::for_node(&remote_manifest(), "node-a").xdp_on(&plain, ns.ifindex);
+    assert_eq!(act, XDP_TX);
+    assert_checksums(&want[ENCAP_OVERHEAD..]);
+    for (name, tags) in [
+        ("802.1Q", &[(0x8100u16, 100u16)][..]),
+        ("802.1ad", &[(0x88a8, 200)][..]),
+    ] {
+        let mut f = Fixture::for_node(&remote_manifest(), "node-a");
+        let (act, out) = f.xdp_on(&tagged(&plain, tags), ns.ifindex);
+        assert_eq!(act, XDP_TX, "{name}");
+        assert_eq!(f.counter(Reason::FwdEncapTx), 1, "{name}");
+        // The same tunnel packet as for the untagged frame: the inner Ethernet header and its
+        // tag are not carried.
+        assert_eq!(out, want, "{name}");
+    }
+
+    // Two tags (an 802.1ad service tag around an 802.1Q tag) are beyond the parser: passed
+    // untouched.
+    let mut f = Fixture::for_node(&remote_manifest(), "node-a");
+    let qinq = tagged(&plain, &[(0x88a8, 200), (0x8100, 100)]);
+    let (act, out) = f.xdp_on(&qinq, ns.ifindex);
+    assert_eq!(act, XDP_PASS);
+    assert_eq!(out, qinq);
+    assert_eq!(f.counter(Reason::PassNotIpv4), 1);
+}
+
+#[test]
+fn a_remote_backend_without_node_addresses_drops_and_counts() {
+    // node-x, where `ghost`'s pod runs, has no Node object: no address to tunnel to.
+    let ghost = format!(
+        "{}{}",
+        remote_manifest(),
+        r#"- apiVersion: v1
+  kind: Service
+  metadata: {name: ghost, namespace: default}
+  spec:
+    type: LoadBalancer
+    ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+  status: {loadBalancer: {ingress: [{ip: 198.19.255.4}]}}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: ghost-x, namespace: default, labels: {kubernetes.io/service-name: ghost}}
+  addressType: IPv4
+  ports: [{name: http, port: 8080, protocol: TCP}]
+  endpoints: [{addresses: ["198.18.6.11"], nodeName: node-x}]
+"#
+    );
+    let mut f = Fixture::for_node(&ghost, "node-a");
+    let (act, _) = f.xdp(&tcp(CLIENT, 40005, [198, 19, 255, 4], 80, true));
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(f.counter(Reason::DropNoNodeAddr), 1);
+
+    // This node has no address of its own (no InternalIP, no --iface address): nothing to
+    // tunnel from.
+    let anonymous = remote_manifest().replace(
+        "{name: node-a}, status: {addresses: [{type: InternalIP, address: 198.18.0.2}]}",
+        "{name: node-a}, status: {addresses: []}",
+    );
+    assert_ne!(anonymous, remote_manifest());
+    let mut f = Fixture::for_node(&anonymous, "node-a");
+    let (act, _) = f.xdp(&tcp(CLIENT, 40006, VIP, 80, true));
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(f.counter(Reason::DropNoNodeAddr), 1);
+    assert_eq!(f.counter(Reason::FwdEncapTx), 0);
+}
+
+#[test]
+fn no_headroom_for_the_outer_headers_drops_and_counts() {
+    let ns = FibNetns::new("headroom");
+    ns.enter();
+    let mut f = Fixture::for_node(&remote_manifest(), "node-a");
+    let frame = tcp(CLIENT, 40007, VIP, 80, true);
+    // 200 bytes of metadata leave 56 bytes of headroom, less than the 48 bytes of outer
+    // headers plus the kernel's own frame record in front of them.
+    let (act, _) = f.xdp_with_metadata(&frame, ns.ifindex, 200);
+    assert_eq!(act, XDP_DROP);
+    assert_eq!(f.counter(Reason::EncapFailed), 1);
+    assert_eq!(f.counter(Reason::FwdEncapTx), 0);
+    // With room, the same frame is encapsulated.
+    let (act, out) = f.xdp_with_metadata(&frame, ns.ifindex, 16);
+    assert_eq!(act, XDP_TX);
+    assert_eq!(f.counter(Reason::FwdEncapTx), 1);
+    assert_eq!(&out[16 + 14 + 16..16 + 14 + 20], &NODE_C);
 }

@@ -1,4 +1,4 @@
-use xlb::loader::{LoadOptions, load};
+use xlb::datapath::loader::{LoadOptions, load};
 
 #[test]
 fn programs_load_and_verify() {

@@ -1,4 +1,4 @@
-//! The map layouts of the benchmark programs (`xdp/src/bin/{gen,sink,fwd,restore}.rs`) that
+//! The map layouts of the benchmark programs (`xdp-bench/src/bin/{gen,sink,fwd,restore}.rs`) that
 //! `xlb-bench` and the `micro` benchmark fill and read. Not part of the datapath, but defined once
 //! here for the same reason as [`crate::maps`]: kernel and user space must agree byte for byte.
 

@@ -63,14 +63,71 @@
 //! # Use
 //!
 //! The datapath picks a new flow's backend as `table[flow_hash % m]` ([`crate::hash::flow_hash`]).
-//! Memory: one table costs `m * 4` bytes, so all tables cost Services × m × 4 bytes
-//! (10,000 Services at m = 16381 is 655 MB).
+//!
+//! # Table size
+//!
+//! Each Service's `m` is [`table_size_for`]: the smallest step of [`MAGLEV_LADDER`] (the largest
+//! prime below each power of two from 2^7 to 2^17) at or above [`MAGLEV_SLOTS_PER_WEIGHT`] × the
+//! sum of its backends' weights (divided by their greatest common divisor), capped by
+//! `--maglev-table-size`. A pure function of the Service's backends and the cap, so every node
+//! with the same cap picks the same `m`.
+//!
+//! # In the map
+//!
+//! [`encode`] lays a table out as its inner map holds it (header, backend ids, 16- or 32-bit
+//! ordinal slots: [`crate::maps::MaglevPair`]); [`decode`] reads it back.
 
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::hash::maglev_offset_skip;
-use crate::maps::{MAGLEV_MAX_TABLE_SIZE, NO_BACKEND};
+use crate::maps::{
+    MAGLEV_MAX_TABLE_SIZE, NO_BACKEND, NO_BACKEND16, maglev_elems, maglev_narrow, maglev_slot_base,
+};
+
+/// The table sizes a Service can get: the largest prime below each power of two from 2^7 to
+/// 2^17. Steps of about 2x keep the number of distinct sizes (and so the resizes a growing
+/// Service goes through) small; the top is [`MAGLEV_MAX_TABLE_SIZE`], the bottom the first step
+/// at or above 100 slots (one backend).
+pub const MAGLEV_LADDER: [u32; 11] = [
+    127, 251, 509, 1_021, 2_039, 4_093, 8_191, 16_381, 32_749, 65_521, 131_071,
+];
+
+/// Slots per unit of (normalised) weight the size rule aims at: the Maglev paper's `M >= 100 N`,
+/// which keeps every backend's share within about 1% of its due.
+pub const MAGLEV_SLOTS_PER_WEIGHT: u64 = 100;
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The sum of the weights divided by their greatest common divisor (0 without a positive
+/// weight). Scaling every weight changes no table (see the module docs), so it changes no size
+/// either.
+pub fn normalised_weight(backends: &[MaglevBackend]) -> u64 {
+    let g = backends.iter().fold(0u64, |g, b| gcd(g, b.weight as u64));
+    if g == 0 {
+        return 0;
+    }
+    backends.iter().map(|b| b.weight as u64 / g).sum()
+}
+
+/// The table size of a Service with these backends: the smallest [`MAGLEV_LADDER`] step at or
+/// above `MAGLEV_SLOTS_PER_WEIGHT * normalised_weight(backends)`, or `cap` if that is smaller
+/// (`cap` is `--maglev-table-size`, a checked prime; a step above the top of the ladder is the
+/// top). Order-independent and deterministic: the same on every node with the same `cap`.
+pub fn table_size_for(backends: &[MaglevBackend], cap: u32) -> u32 {
+    let want = MAGLEV_SLOTS_PER_WEIGHT.saturating_mul(normalised_weight(backends));
+    let step = MAGLEV_LADDER
+        .iter()
+        .copied()
+        .find(|&m| m as u64 >= want)
+        .unwrap_or(MAGLEV_MAX_TABLE_SIZE);
+    step.min(cap)
+}
 
 /// The smallest table size [`build_table`] accepts.
 pub const MAGLEV_MIN_TABLE_SIZE: u32 = 3;
@@ -120,6 +177,8 @@ pub enum MaglevError {
     DuplicateBackend { addr: u32, port: u16 },
     /// More backends than a `u32` slot can index (`NO_BACKEND` is reserved).
     TooManyBackends { count: usize },
+    /// An encoded table (an inner map's content) that does not follow the layout.
+    Malformed { why: &'static str },
 }
 
 impl fmt::Display for MaglevError {
@@ -141,6 +200,7 @@ impl fmt::Display for MaglevError {
             MaglevError::TooManyBackends { count } => {
                 write!(f, "too many Maglev backends: {count}")
             }
+            MaglevError::Malformed { why } => write!(f, "malformed Maglev table: {why}"),
         }
     }
 }
@@ -302,6 +362,104 @@ pub fn build_table(backends: &[MaglevBackend], m: u32) -> Result<MaglevTable, Ma
     let backends = canonical_order(backends)?;
     let slots = populate(&backends, m);
     Ok(MaglevTable { backends, slots })
+}
+
+/// `table` laid out as its inner map holds it ([`crate::maps::MaglevPair`]): the header, `ids`
+/// (the caller's id of each backend of [`MaglevTable::backends`], in that order) and the
+/// ordinal slots, as native-endian `u32` words, two per map element. 16-bit slots when the
+/// table lists at most [`crate::maps::MAGLEV_NARROW_MAX_BACKENDS`] backends, else 32-bit.
+///
+/// Errors when `ids` does not have one id per backend.
+pub fn encode(table: &MaglevTable, ids: &[u32]) -> Result<Vec<u32>, MaglevError> {
+    if ids.len() != table.backends.len() {
+        return Err(MaglevError::Malformed {
+            why: "one id per backend is needed",
+        });
+    }
+    let n =
+        u32::try_from(ids.len()).map_err(|_| MaglevError::TooManyBackends { count: ids.len() })?;
+    let m = table.size();
+    let mut words = vec![0u32; 2 * maglev_elems(m, n) as usize];
+    words[0] = m;
+    words[1] = n;
+    words[2..2 + ids.len()].copy_from_slice(ids);
+    let base = 2 * maglev_slot_base(n) as usize;
+    let slots = &mut words[base..];
+    if maglev_narrow(n) {
+        slots.fill(NO_BACKEND16 << 16 | NO_BACKEND16);
+        for (s, &o) in table.slots.iter().enumerate() {
+            let o = if o == NO_BACKEND { NO_BACKEND16 } else { o };
+            let shift = 16 * (s & 1);
+            let w = &mut slots[s / 2];
+            *w = (*w & !(0xffff << shift)) | (o << shift);
+        }
+    } else {
+        slots.fill(NO_BACKEND);
+        slots[..table.slots.len()].copy_from_slice(&table.slots);
+    }
+    Ok(words)
+}
+
+/// A table read back from an inner map: what [`encode`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedTable {
+    /// The table size `M` (header word 0).
+    pub m: u32,
+    /// The backend ids, by ordinal.
+    pub ids: Vec<u32>,
+    /// The `M` slots as ordinals into `ids`, or [`NO_BACKEND`] (also for a 16-bit slot's
+    /// [`NO_BACKEND16`]).
+    pub ordinals: Vec<u32>,
+}
+
+impl EncodedTable {
+    /// The backend id of slot `slot`, as the datapath resolves it: `None` for no backend, a slot
+    /// out of range or an ordinal past the list.
+    pub fn id_at(&self, slot: u32) -> Option<u32> {
+        let o = *self.ordinals.get(slot as usize)?;
+        self.ids.get(o as usize).copied()
+    }
+
+    /// The backend id a flow with this hash is sent to (slot `hash % M`).
+    pub fn lookup(&self, flow_hash: u32) -> Option<u32> {
+        self.id_at(flow_hash % self.m)
+    }
+
+    /// Every slot as a backend id ([`NO_BACKEND`] for none): the table of layouts before v5.
+    pub fn slot_ids(&self) -> Vec<u32> {
+        (0..self.m)
+            .map(|s| self.id_at(s).unwrap_or(NO_BACKEND))
+            .collect()
+    }
+}
+
+/// Reads an inner map's words (two per element, as [`encode`] lays them out). Checks the
+/// header against the length; ordinals are returned as stored (the datapath treats one past the
+/// list as no backend, so does [`EncodedTable::id_at`]).
+pub fn decode(words: &[u32]) -> Result<EncodedTable, MaglevError> {
+    let malformed = |why| Err(MaglevError::Malformed { why });
+    let [m, n, ..] = *words else {
+        return malformed("shorter than its header");
+    };
+    if m == 0 || m > MAGLEV_MAX_TABLE_SIZE {
+        return malformed("table size out of range");
+    }
+    if words.len() < 2 * maglev_elems(m, n) as usize {
+        return malformed("shorter than its header says");
+    }
+    let ids = words[2..2 + n as usize].to_vec();
+    let slots = &words[2 * maglev_slot_base(n) as usize..];
+    let ordinals = (0..m as usize)
+        .map(|s| {
+            if maglev_narrow(n) {
+                let o = (slots[s / 2] >> (16 * (s & 1))) & 0xffff;
+                if o == NO_BACKEND16 { NO_BACKEND } else { o }
+            } else {
+                slots[s]
+            }
+        })
+        .collect();
+    Ok(EncodedTable { m, ids, ordinals })
 }
 
 /// Per-backend walk state during population.
@@ -715,6 +873,86 @@ mod tests {
         assert_eq!(t.map_slots(|_| 5), [NO_BACKEND; 3]);
         let (backends, slots) = t.into_parts();
         assert_eq!((backends.len(), slots.len()), (3, 3));
+    }
+
+    // The size rule is part of the contract between nodes, like the golden vectors: every
+    // node must pick the same M for the same backends and cap.
+    #[test]
+    fn golden_table_sizes() {
+        let equal = |n: u32| -> Vec<MaglevBackend> {
+            (0..n)
+                .map(|i| MaglevBackend::new(0xC612_0000 + i, 80, 1))
+                .collect()
+        };
+        for (n, cap, m) in [
+            (0, 16_381, 127),
+            (1, 16_381, 127),
+            (2, 16_381, 251),
+            (5, 16_381, 509),
+            (6, 16_381, 1_021),
+            (10, 16_381, 1_021),
+            (11, 16_381, 2_039),
+            (40, 16_381, 4_093),
+            (41, 16_381, 8_191),
+            (81, 16_381, 8_191),
+            (82, 16_381, 16_381),
+            (100, 16_381, 16_381),
+            (100, 131_071, 16_381),
+            (164, 131_071, 32_749),
+            (1_000, 131_071, 131_071),
+            (5_000, 131_071, 131_071),
+            (100, 4_093, 4_093),
+            (3, 7, 7),
+        ] {
+            assert_eq!(table_size_for(&equal(n), cap), m, "{n} backends, cap {cap}");
+        }
+        // Weights count, normalised by their gcd; draining backends do not.
+        let b = |w: [u32; 3]| golden_backends(w);
+        assert_eq!(normalised_weight(&b([2, 4, 6])), 6);
+        assert_eq!(table_size_for(&b([2, 4, 6]), 16_381), 1_021);
+        assert_eq!(table_size_for(&b([1, 1, 0]), 16_381), 251);
+        assert_eq!(table_size_for(&b([0, 0, 0]), 16_381), 127);
+        assert_eq!(
+            table_size_for(&b([u32::MAX, u32::MAX - 1, 1]), 131_071),
+            131_071
+        );
+        for m in MAGLEV_LADDER {
+            assert!(is_prime(m), "{m}");
+            // The largest prime below its power of two.
+            let p = (m + 1).next_power_of_two();
+            assert!((m + 1..p).all(|k| !is_prime(k)), "{m}");
+        }
+        assert_eq!(
+            MAGLEV_LADDER[MAGLEV_LADDER.len() - 1],
+            MAGLEV_MAX_TABLE_SIZE
+        );
+    }
+
+    #[test]
+    fn encode_layout() {
+        // The golden table at M = 7: ordinals [2, 1, 0, 2, 0, 0, 1], three backends.
+        let t = build_table(&golden_backends([1, 1, 1]), 7).unwrap();
+        let words = encode(&t, &[10, 11, 12]).unwrap();
+        // Header; ids (padded to an element); slots four per element, 0xFFFF after the last.
+        assert_eq!(
+            words,
+            [
+                7,
+                3,
+                10,
+                11,
+                12,
+                0,
+                1 << 16 | 2,
+                2 << 16,
+                0,
+                0xFFFF << 16 | 1
+            ]
+        );
+        assert_eq!(
+            decode(&words).unwrap().slot_ids(),
+            [12, 11, 10, 12, 10, 10, 11]
+        );
     }
 
     #[test]

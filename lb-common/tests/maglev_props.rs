@@ -292,3 +292,119 @@ fn removal_disruption_mean() {
         assert!(ds.iter().all(|&d| d >= 0.0099), "{ds:?}");
     }
 }
+
+// ---- table size: the ladder ----
+
+use lb_common::maglev::{
+    MAGLEV_LADDER, MAGLEV_SLOTS_PER_WEIGHT, decode, encode, normalised_weight, table_size_for,
+};
+use lb_common::maps::{MAGLEV_DEFAULT_TABLE_SIZE, MAGLEV_MAX_TABLE_SIZE, maglev_elems};
+
+/// Backends with random weights (0 = draining) for the size rule.
+fn weighted_backends(max: usize) -> impl Strategy<Value = Vec<MaglevBackend>> {
+    prop::collection::vec((0..LAB_SIZE, 1..=u16::MAX, 0u32..4), 0..max).prop_map(|v| {
+        let mut seen = HashSet::new();
+        v.into_iter()
+            .filter(|(a, p, _)| seen.insert((*a, *p)))
+            .map(|(a, p, w)| MaglevBackend::new(LAB_NET + a, p, w))
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The size is a pure function of the backends and the cap: two independent computations
+    /// (from differently ordered copies, as two nodes' plans would hold them) agree; it is the
+    /// smallest ladder step at or above 100 x the normalised weight, or the cap; scaling every
+    /// weight or adding a draining backend changes nothing.
+    #[test]
+    fn table_size_rule(
+        backends in weighted_backends(1_500),
+        cap in prop::sample::select(vec![7u32, 127, 251, 4_093, MAGLEV_DEFAULT_TABLE_SIZE, MAGLEV_MAX_TABLE_SIZE]),
+        scale in 1u32..50,
+        seed in any::<u64>(),
+    ) {
+        let m = table_size_for(&backends, cap);
+        let mut other = backends.clone();
+        let mut x = seed | 1;
+        for i in (1..other.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            other.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        prop_assert_eq!(table_size_for(&other, cap), m);
+        let want = MAGLEV_SLOTS_PER_WEIGHT * normalised_weight(&backends);
+        let step = MAGLEV_LADDER.iter().copied().find(|&s| s as u64 >= want).unwrap_or(MAGLEV_MAX_TABLE_SIZE);
+        prop_assert_eq!(m, step.min(cap));
+        prop_assert!(MAGLEV_LADDER.contains(&m) || m == cap);
+        // The step below would not have been enough.
+        if let Some(i) = MAGLEV_LADDER.iter().position(|&s| s == m).filter(|&i| i > 0) {
+            prop_assert!((MAGLEV_LADDER[i - 1] as u64) < want);
+        }
+        let scaled: Vec<MaglevBackend> = backends
+            .iter()
+            .map(|b| MaglevBackend::new(b.addr, b.port, b.weight * scale))
+            .collect();
+        prop_assert_eq!(table_size_for(&scaled, cap), m);
+        let mut draining = backends.clone();
+        draining.push(MaglevBackend::new(LAB_NET - 1, 1, 0));
+        prop_assert_eq!(table_size_for(&draining, cap), m);
+    }
+
+    /// What the inner map holds decodes to the table: every slot resolves to the id of the
+    /// backend the table names, at both slot widths and any size.
+    #[test]
+    fn encoding_round_trips(
+        backends in weighted_backends(300),
+        m in prop::sample::select(MAGLEV_LADDER[..6].to_vec()),
+        id_base in 0u32..100_000,
+        hashes in prop::collection::vec(any::<u32>(), 64),
+    ) {
+        let table = build_table(&backends, m).unwrap();
+        let ids: Vec<u32> = (0..table.backends().len() as u32).map(|i| id_base + 7 * i).collect();
+        let words = encode(&table, &ids).unwrap();
+        let n = ids.len() as u32;
+        prop_assert_eq!(words.len(), 2 * maglev_elems(m, n) as usize);
+        let decoded = decode(&words).unwrap();
+        prop_assert_eq!(decoded.m, m);
+        prop_assert_eq!(&decoded.ids, &ids);
+        let by_table = table.map_slots(|b| ids[table.backends().iter().position(|x| x == b).unwrap()]);
+        prop_assert_eq!(decoded.slot_ids(), by_table);
+        for h in hashes {
+            let want = table.lookup(h).map(|b| ids[table.backends().iter().position(|x| x == b).unwrap()]);
+            prop_assert_eq!(decoded.lookup(h), want);
+        }
+    }
+}
+
+/// Above 65,535 backends a slot is 32 bits wide; the encoding still round-trips.
+#[test]
+fn wide_slots_round_trip() {
+    let backends: Vec<MaglevBackend> = (0..70_000u32)
+        .map(|i| MaglevBackend::new(LAB_NET + i, 8080, 1 + i % 2))
+        .collect();
+    let table = build_table(&backends, MAGLEV_MAX_TABLE_SIZE).unwrap();
+    let ids: Vec<u32> = (0..70_000u32).rev().collect();
+    let words = encode(&table, &ids).unwrap();
+    assert_eq!(
+        words.len(),
+        2 * maglev_elems(MAGLEV_MAX_TABLE_SIZE, 70_000) as usize
+    );
+    let decoded = decode(&words).unwrap();
+    let want = table.map_slots(|b| ids[(b.addr - LAB_NET) as usize]);
+    assert_eq!(decoded.slot_ids(), want);
+    assert!(decoded.ordinals.iter().any(|&o| o > u16::MAX as u32));
+}
+
+/// Malformed words are errors, not panics.
+#[test]
+fn malformed_tables_are_refused() {
+    let table = build_table(&[MaglevBackend::new(LAB_NET, 80, 1)], 127).unwrap();
+    let words = encode(&table, &[3]).unwrap();
+    assert!(decode(&words[..1]).is_err());
+    assert!(decode(&words[..words.len() - 2]).is_err());
+    let mut bad = words.clone();
+    bad[0] = 0;
+    assert!(decode(&bad).is_err());
+    assert!(encode(&table, &[]).is_err());
+}

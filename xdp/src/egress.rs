@@ -1,8 +1,11 @@
 //! TC egress: a reply from a backend pod to a client we load-balanced leaves with the frontend
 //! address and port the client used as its source.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use lb_common::maps::{FlowKey, IPPROTO_UDP, Reason};
+use lb_common::maps::{IPPROTO_UDP, Reason};
 
+use xlb_xdp::net::{
+    ETH_HLEN, IPV4_CSUM_OFF, IPV4_MAX_HLEN, IPV4_SADDR_OFF, L4_SPORT_OFF, TCP_MIN_HLEN, VLAN_HLEN,
+};
 use xlb_xdp::parse;
 
 use crate::{maps::XLB_REVNAT, stats};
@@ -10,7 +13,7 @@ use crate::{maps::XLB_REVNAT, stats};
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 /// Ethernet + VLAN + the largest IPv4 header + a TCP header: what must be linear to parse.
-const MAX_HDR_LEN: u32 = 14 + 4 + 60 + 20;
+const MAX_HDR_LEN: u32 = (ETH_HLEN + VLAN_HLEN + IPV4_MAX_HLEN + TCP_MIN_HLEN) as u32;
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
@@ -32,14 +35,7 @@ pub fn run(ctx: &TcContext) -> i32 {
             return TC_ACT_OK;
         }
     };
-    let key = FlowKey {
-        src_addr: hdr.saddr,
-        dst_addr: hdr.daddr,
-        src_port: hdr.sport,
-        dst_port: hdr.dport,
-        proto: hdr.proto,
-        _pad: [0; 3],
-    };
+    let key = hdr.flow_key();
     // SAFETY: copied out immediately.
     let Some(rev) = (unsafe { XLB_REVNAT.get(&key) }).copied() else {
         stats::count(Reason::ReplyPass);
@@ -69,9 +65,9 @@ fn rewrite_snat(ctx: &TcContext, hdr: &parse::Headers, addr: u32, port: u16) -> 
         addr as u64,
         BPF_F_PSEUDO_HDR | mangled | 4,
     )?;
-    ctx.l3_csum_replace(hdr.l3_off + 10, hdr.saddr as u64, addr as u64, 4)?;
-    ctx.store(hdr.l3_off + 12, &addr, 0)?;
+    ctx.l3_csum_replace(hdr.l3_off + IPV4_CSUM_OFF, hdr.saddr as u64, addr as u64, 4)?;
+    ctx.store(hdr.l3_off + IPV4_SADDR_OFF, &addr, 0)?;
     ctx.l4_csum_replace(l4_csum, hdr.sport as u64, port as u64, mangled | 2)?;
-    ctx.store(hdr.l4_off, &port, 0)?;
+    ctx.store(hdr.l4_off + L4_SPORT_OFF, &port, 0)?;
     Ok(())
 }

@@ -2,23 +2,16 @@
 //!
 //! Every read is preceded, right next to it, by the bounds check the verifier needs. Failures
 //! carry the `Reason` the caller counts; none of them drops a packet by itself.
-use lb_common::maps::{IPPROTO_TCP, IPPROTO_UDP, Reason};
+use lb_common::{
+    hash::flow_hash,
+    maps::{FlowKey, Reason},
+};
 
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPV4_MIN_HLEN: usize = 20;
-const TCP_MIN_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
-/// More-fragments flag and fragment offset bits of `frag_off` (host order).
-const IP_MF_OFFSET: u16 = 0x3fff;
-const IP_DF: u16 = 0x4000;
-
-pub const TCP_FLAG_SYN: u8 = 0x02;
-pub const TCP_FLAG_ACK: u8 = 0x10;
+use crate::net::{
+    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IP_MF_OFFSET,
+    IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, Ipv4Hdr, TCP_CSUM_OFF, TCP_MIN_HLEN, TcpPrefix,
+    UDP_CSUM_OFF, UDP_HLEN, UdpHdr, VLAN_HLEN, VlanTag,
+};
 
 /// Where the headers are (offsets from the start of the frame) and what they say. Addresses
 /// and ports are raw network-order values.
@@ -42,10 +35,28 @@ impl Headers {
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
         if self.proto == IPPROTO_TCP {
-            self.l4_off + 16
+            self.l4_off + TCP_CSUM_OFF
         } else {
-            self.l4_off + 6
+            self.l4_off + UDP_CSUM_OFF
         }
+    }
+
+    /// The packet's 5-tuple as it is on the wire.
+    #[inline(always)]
+    pub fn flow_key(&self) -> FlowKey {
+        FlowKey::new(self.saddr, self.daddr, self.sport, self.dport, self.proto)
+    }
+
+    /// [`flow_hash`] of the packet's 5-tuple.
+    #[inline(always)]
+    pub fn flow_hash(&self) -> u32 {
+        flow_hash(
+            u32::from_be(self.saddr),
+            u32::from_be(self.daddr),
+            u16::from_be(self.sport),
+            u16::from_be(self.dport),
+            self.proto,
+        )
     }
 }
 
@@ -59,56 +70,6 @@ pub fn read<T: Copy>(ptr: usize, data_end: usize) -> Option<T> {
     }
     // SAFETY: bounds checked against data_end just above; unaligned read.
     Some(unsafe { core::ptr::read_unaligned(ptr as *const T) })
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct EthHdr {
-    _macs: [u8; 12],
-    ethertype: u16,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct VlanTag {
-    _tci: u16,
-    ethertype: u16,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv4Hdr {
-    ver_ihl: u8,
-    _tos: u8,
-    tot_len: u16,
-    _id: u16,
-    frag_off: u16,
-    _ttl: u8,
-    proto: u8,
-    _check: u16,
-    saddr: u32,
-    daddr: u32,
-}
-
-/// The first 14 bytes of TCP or 8 of UDP: ports, and for TCP the flags byte.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct L4Ports {
-    sport: u16,
-    dport: u16,
-    _seq_or_len: u32,
-    _ack: u32,
-    _off: u8,
-    flags: u8,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct UdpHdr {
-    sport: u16,
-    dport: u16,
-    _len: u16,
-    _check: u16,
 }
 
 /// Ethernet and at most one VLAN tag: returns (ethertype, offset of the L3 header).
@@ -172,7 +133,7 @@ pub fn parse_ipv4(
         // The length checks against tot_len come after the reads: placed before, they would let
         // the compiler drop the read's own bounds check, which the verifier needs to see.
         IPPROTO_TCP => {
-            let l4 = read::<L4Ports>(data + l4_off, data_end).ok_or(Reason::PassMalformed)?;
+            let l4 = read::<TcpPrefix>(data + l4_off, data_end).ok_or(Reason::PassMalformed)?;
             if tot_len < ihl + TCP_MIN_HLEN {
                 return Err(Reason::PassMalformed);
             }

@@ -176,6 +176,30 @@ impl<'lab> Capture<'lab> {
         Ok(packets)
     }
 
+    /// Waits up to `timeout` until the running capture holds a packet matching `filter` (read
+    /// from the file as tcpdump writes it, without stopping it).
+    pub fn wait_for(&self, filter: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut cmd = self.host.netns().command("tcpdump");
+            cmd.arg("-n").arg("-r").arg(&self.pcap).arg(filter);
+            // A packet being written may be cut off: tcpdump then fails after printing the
+            // whole ones, which are all this needs.
+            let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT)?;
+            if !out.stdout.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the capture on {}/{} holds no packet matching {filter:?} after {timeout:?}",
+                    self.host.name(),
+                    self.iface
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// How many captured packets match `filter`.
     pub fn count(&mut self, filter: &str) -> Result<usize> {
         Ok(self.read(filter, false)?.len())

@@ -9,93 +9,49 @@
 //! have no such peer. The lab attaches this program to every bridge port, so `XDP_TX` from a
 //! node reaches the fabric at once, as it would leave a physical port.
 //!
-//! The program is loaded with `bpf(BPF_PROG_LOAD)` and attached with `bpf(BPF_LINK_CREATE)`
-//! from a thread inside the port's namespace; the link lives as long as its file descriptor,
-//! which the [`super::Lab`] holds: nothing is pinned, and nothing outlives the lab or the
-//! process.
-
-use std::mem;
-use std::os::fd::{FromRawFd as _, OwnedFd};
+//! The program is `xlb_pass` of `xdp-bench`, embedded by `build.rs`. Its links belong to the
+//! loaded object, which the [`super::Lab`] holds: nothing is pinned, and dropping the object
+//! detaches every port.
 
 use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
 
 use super::netns::Netns;
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-/// `enum bpf_attach_type`: `BPF_XDP`.
-const BPF_XDP: u32 = 37;
-const XDP_PASS: i32 = 2;
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-pass"));
+const PROG: &str = "xlb_pass";
 
-/// `union bpf_attr`, as raw bytes (the fields used are written at their offsets).
-#[repr(C, align(8))]
-struct Attr([u8; 128]);
-
-impl Attr {
-    fn new() -> Attr {
-        Attr([0; 128])
+/// Loads the program (not attached anywhere yet).
+pub fn load() -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        bail!("this xlb-bench was built with AYA_BUILD_SKIP and carries no xlb-pass program");
     }
-    fn u32_at(&mut self, off: usize, v: u32) {
-        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-    }
-    fn u64_at(&mut self, off: usize, v: u64) {
-        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-    }
+    let mut ebpf = Ebpf::load(OBJECT).context("loading xlb-pass")?;
+    program(&mut ebpf)?
+        .load()
+        .context("loading the lab's XDP pass program")?;
+    Ok(ebpf)
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<OwnedFd> {
-    // SAFETY: bpf(2) with a zero-initialised attribute block of the size we pass; the kernel
-    // reads (and for these commands does not write beyond) it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut Attr,
-            mem::size_of::<Attr>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new file descriptor the kernel handed us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    Ok(ebpf
+        .program_mut(PROG)
+        .context("xlb-pass has no program xlb_pass")?
+        .try_into()?)
 }
 
-/// Loads the program: `r0 = XDP_PASS; exit`.
-pub fn load() -> Result<OwnedFd> {
-    // struct bpf_insn { u8 code; u8 dst:4, src:4; s16 off; s32 imm; }
-    let mut insns = [0u8; 16];
-    insns[0] = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
-    insns[4..8].copy_from_slice(&XDP_PASS.to_ne_bytes());
-    insns[8] = 0x95; // BPF_JMP | BPF_EXIT
-    let license = b"GPL\0";
-    let mut attr = Attr::new();
-    attr.u32_at(0, BPF_PROG_TYPE_XDP); // prog_type
-    attr.u32_at(4, 2); // insn_cnt
-    attr.u64_at(8, insns.as_ptr() as u64); // insns
-    attr.u64_at(16, license.as_ptr() as u64); // license
-    attr.0[48..56].copy_from_slice(b"lab_pass"); // prog_name
-    bpf(BPF_PROG_LOAD, &mut attr).context("loading the lab's XDP pass program (bpf BPF_PROG_LOAD)")
-}
-
-/// Attaches `prog` to interface `ifname` of `ns` (an XDP link, driver mode where the driver
-/// supports it); detached when the returned descriptor is closed or the interface goes away.
-pub fn attach(ns: &Netns, prog: &OwnedFd, ifname: &str) -> Result<OwnedFd> {
-    use std::os::fd::AsRawFd as _;
-    let prog_fd = prog.as_raw_fd() as u32;
-    let name = std::ffi::CString::new(ifname)?;
+/// Attaches the program of `ebpf` to interface `ifname` of `ns` (driver mode: veths support
+/// it); detached when `ebpf` is dropped or the interface goes away.
+pub fn attach(ns: &Netns, ebpf: &mut Ebpf, ifname: &str) -> Result<()> {
+    let prog = program(ebpf)?;
+    let iface = ifname.to_string();
     ns.run(move || {
-        // SAFETY: a NUL-terminated name; the thread is inside the namespace of the interface.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            bail!("no interface {ifname:?}");
-        }
-        let mut attr = Attr::new();
-        attr.u32_at(0, prog_fd); // prog_fd
-        attr.u32_at(4, ifindex); // target_ifindex
-        attr.u32_at(8, BPF_XDP); // attach_type
-        Ok(bpf(BPF_LINK_CREATE, &mut attr)?)
+        prog.attach(&iface, XdpMode::Driver)
+            .with_context(|| format!("attaching XDP to {iface}"))?;
+        Ok(())
     })
     .with_context(|| {
         format!(

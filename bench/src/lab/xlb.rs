@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use lb_common::hash::flow_hash;
 use lb_common::maglev::{MaglevBackend, MaglevTable, build_table};
-use serde::Deserialize;
+pub use xlb_api::{
+    BackendStatus, FlowRow, FrontendStatus, ServiceStatus, ServicesOutput, StatsOutput,
+};
 
 use super::netns::{COMMAND_TIMEOUT, describe, run_with_timeout};
 use super::{Host, Lab, check_interrupted};
@@ -109,6 +111,9 @@ pub struct XlbOptions {
     pub pin_dir: Option<PathBuf>,
     /// Anything else for `xlb run` (`--xdp-mode generic`, `--maglev-table-size 251`, ...).
     pub extra_args: Vec<String>,
+    /// Another `xlb` build to run (default: [`xlb_binary`]); its CLI calls and `xlb down` use
+    /// the same build.
+    pub bin: Option<PathBuf>,
 }
 
 impl XlbOptions {
@@ -119,6 +124,7 @@ impl XlbOptions {
             manifests: manifests.to_path_buf(),
             pin_dir: None,
             extra_args: vec![],
+            bin: None,
         }
     }
 }
@@ -140,7 +146,10 @@ impl<'lab> XlbProcess<'lab> {
     /// Starts `nsenter --net=<node> -- xlb run --iface ... --node-name NODE --manifests DIR`,
     /// stderr (and stdout) to `<lab workdir>/xlb-<node>.log`.
     pub fn start(lab: &'lab Lab, opts: &XlbOptions) -> Result<XlbProcess<'lab>> {
-        let bin = xlb_binary()?;
+        let bin = match &opts.bin {
+            Some(b) => b.clone(),
+            None => xlb_binary()?,
+        };
         let host = lab.host(&opts.node);
         let log = (1..)
             .map(|i| match i {
@@ -235,7 +244,18 @@ impl<'lab> XlbProcess<'lab> {
         if let Some(p) = &pin {
             args.extend(["--pin-dir", p.as_str()]);
         }
-        xlb_cli_checked(self.host, &args)
+        let mut cmd = self.host.netns().command(&self.bin);
+        cmd.args(&args);
+        let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT)?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed ({}): {}",
+                describe(&cmd),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Leaves the datapath in place when this is dropped (no `xlb down`): for restart and
@@ -252,8 +272,38 @@ impl<'lab> XlbProcess<'lab> {
         Ok(parsed.services)
     }
 
+    /// `xlb services -o json` once its connection counts come from a census that started after
+    /// `after_unix` (Unix time): the census of `xlb run` walks the table every couple of
+    /// seconds, and the commands never walk it themselves.
+    pub fn services_counted_after(
+        &self,
+        after_unix: f64,
+        timeout: Duration,
+    ) -> Result<ServicesOutput> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.cli(&["services", "-o", "json"])?;
+            let parsed: ServicesOutput = serde_json::from_str(&out)
+                .with_context(|| format!("parsing `xlb services -o json` output: {out}"))?;
+            let fresh = parsed.census.as_ref().is_some_and(|c| {
+                c.state == "current"
+                    && c.taken_unix.unwrap_or(0.0) - c.walk_s.unwrap_or(0.0) >= after_unix
+            });
+            if fresh {
+                return Ok(parsed);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no connection census started after {after_unix} within {timeout:?}: {:?}",
+                    parsed.census
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `xlb stats -o json`.
-    pub fn stats(&self) -> Result<serde_json::Value> {
+    pub fn stats(&self) -> Result<StatsOutput> {
         let out = self.cli(&["stats", "-o", "json"])?;
         serde_json::from_str(&out)
             .with_context(|| format!("parsing `xlb stats -o json` output: {out}"))
@@ -262,15 +312,16 @@ impl<'lab> XlbProcess<'lab> {
     /// The global counter `name` from `xlb stats -o json` (`counters.<name>`).
     pub fn counter(&self, name: &str) -> Result<u64> {
         let stats = self.stats()?;
-        stats
-            .get("counters")
-            .and_then(|c| c.get(name))
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| anyhow!("`xlb stats -o json` has no counters.{name}: {stats}"))
+        stats.counters.get(name).copied().ok_or_else(|| {
+            anyhow!(
+                "`xlb stats -o json` has no counters.{name}: {:?}",
+                stats.counters
+            )
+        })
     }
 
     /// `xlb conntrack list -o json`.
-    pub fn conntrack(&self) -> Result<Vec<FlowStatus>> {
+    pub fn conntrack(&self) -> Result<Vec<FlowRow>> {
         let out = self.cli(&["conntrack", "list", "-o", "json"])?;
         serde_json::from_str(&out)
             .with_context(|| format!("parsing `xlb conntrack list -o json` output: {out}"))
@@ -544,16 +595,12 @@ impl<'lab> XlbCluster<'lab> {
             .map(|p| {
                 let counters = match p.stats() {
                     Ok(s) => s
-                        .get("counters")
-                        .and_then(|c| c.as_object())
-                        .map(|m| {
-                            m.iter()
-                                .filter(|(_, v)| v.as_u64().is_some_and(|n| n > 0))
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        })
-                        .unwrap_or_default(),
+                        .counters
+                        .iter()
+                        .filter(|(_, v)| **v > 0)
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     Err(e) => format!("({e:#})"),
                 };
                 format!("{}: {counters}\n", p.host().name())
@@ -599,88 +646,23 @@ impl Drop for XlbCluster<'_> {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ServicesOutput {
-    services: Vec<ServiceStatus>,
+/// What the lab asks of a Service port beyond what `xlb services` prints.
+pub trait ServiceStatusExt {
+    fn ready_backends(&self) -> BTreeSet<Ipv4Addr>;
+    /// One line per frontend and backend, for error messages.
+    fn summary(&self) -> serde_json::Value;
+    /// The Maglev table xlb should have programmed for this Service: built from its backends
+    /// (a backend that is not ready counts with weight 0) at its table size.
+    fn maglev(&self) -> Result<Predictor>;
 }
 
-/// One Service port as `xlb services -o json` shows it.
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct ServiceStatus {
-    pub name: String,
-    #[serde(default)]
-    pub protocol: String,
-    #[serde(default)]
-    pub service_id: u32,
-    pub table_size: u32,
-    #[serde(default)]
-    pub frontends: Vec<FrontendStatus>,
-    #[serde(default)]
-    pub backends: Vec<BackendStatus>,
-}
-
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct FrontendStatus {
-    /// `None` for a NodePort (any node address).
-    pub addr: Option<Ipv4Addr>,
-    pub port: u16,
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub frontend_id: u32,
-    #[serde(default)]
-    pub packets: u64,
-    #[serde(default)]
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct BackendStatus {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    #[serde(default)]
-    pub node: Option<String>,
-    #[serde(default)]
-    pub local: bool,
-    #[serde(default)]
-    pub weight: u32,
-    #[serde(default)]
-    pub state: String,
-    #[serde(default)]
-    pub backend_id: u32,
-    #[serde(default)]
-    pub slots: u32,
-    #[serde(default)]
-    pub packets: u64,
-    #[serde(default)]
-    pub bytes: u64,
-}
-
-impl BackendStatus {
-    /// Ready for new flows: state `ready` and a weight above 0.
-    pub fn is_ready(&self) -> bool {
-        self.state == "ready" && self.weight > 0
-    }
-}
-
-impl ServiceStatus {
-    pub fn ready_backends(&self) -> BTreeSet<Ipv4Addr> {
+impl ServiceStatusExt for ServiceStatus {
+    fn ready_backends(&self) -> BTreeSet<Ipv4Addr> {
         self.backends
             .iter()
             .filter(|b| b.is_ready())
             .map(|b| b.addr)
             .collect()
-    }
-
-    /// The frontend at `(addr, port)` (`None` = the NodePort).
-    pub fn frontend(&self, addr: Option<Ipv4Addr>, port: u16) -> Option<&FrontendStatus> {
-        self.frontends
-            .iter()
-            .find(|f| f.addr == addr && f.port == port)
-    }
-
-    pub fn backend(&self, addr: Ipv4Addr) -> Option<&BackendStatus> {
-        self.backends.iter().find(|b| b.addr == addr)
     }
 
     fn summary(&self) -> serde_json::Value {
@@ -691,9 +673,7 @@ impl ServiceStatus {
         })
     }
 
-    /// The Maglev table xlb should have programmed for this Service: built from its backends
-    /// (a backend that is not ready counts with weight 0) at its table size.
-    pub fn maglev(&self) -> Result<Predictor> {
+    fn maglev(&self) -> Result<Predictor> {
         let backends: Vec<MaglevBackend> = self
             .backends
             .iter()
@@ -767,22 +747,4 @@ impl Predictor {
             .into_iter()
             .find(|&p| self.backend(client, p, frontend, frontend_port) == Some(want))
     }
-}
-
-/// One flow of `xlb conntrack list -o json`.
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct FlowStatus {
-    pub client: Ipv4Addr,
-    pub client_port: u16,
-    pub frontend: Option<Ipv4Addr>,
-    pub frontend_port: u16,
-    pub protocol: String,
-    pub backend: Ipv4Addr,
-    pub backend_port: u16,
-    #[serde(default)]
-    pub backend_id: u32,
-    #[serde(default)]
-    pub age_s: f64,
-    #[serde(default)]
-    pub idle_s: f64,
 }

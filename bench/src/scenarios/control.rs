@@ -34,13 +34,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, MapInfo};
+use aya::maps::{ArrayOfMaps, HashMap as BpfHashMap, Map, MapData, MapError, MapInfo};
 use lb_common::maps::{
-    ALL_MAPS, FrontendKey, FrontendValue, IPPROTO_TCP, MAP_FRONTENDS, MAP_MAGLEV, MAX_BACKENDS,
-    MAX_SERVICES,
+    ALL_MAPS, CtValue, FlowKey, FrontendKey, FrontendValue, IPPROTO_TCP, MAP_CONNTRACK,
+    MAP_FRONTENDS, MAP_MAGLEV, MAX_BACKENDS, MAX_SERVICES,
 };
 
-use crate::lab::netns::{lab_namespaces, xlb_pin_dir};
+use crate::baseline::{self, SvcPort};
+use crate::lab::netns::xlb_pin_dir;
 use crate::lab::{
     EndpointDef, Lab, ManifestDir, ManifestSet, PortDef, ServiceDef, XlbOptions, XlbProcess,
     check_interrupted,
@@ -72,6 +73,13 @@ pub struct ControlOptions {
     /// `xlb run --poll-ms`: how often xlb checks the manifests (part of every change latency).
     pub poll_ms: u64,
     pub xdp_mode: String,
+    /// Synthetic flows written to the connection table of a second `xlb run` for the
+    /// observability figures (0: not measured).
+    pub conntrack_entries: u32,
+    /// `/metrics` scrapes timed against that table.
+    pub scrapes: u32,
+    /// Load kube-proxy's rules for the same cluster with `iptables-restore` and `nft -f`.
+    pub baselines: bool,
 }
 
 /// A manifest change.
@@ -193,6 +201,55 @@ pub struct ControlRun {
     pub summary: Vec<KindSummary>,
     pub problems: Vec<String>,
     pub note: String,
+    /// Why xlb was not run at this size (this build's capacities), if it was not.
+    pub xlb_skipped: Option<String>,
+    pub observe: Option<Observe>,
+    pub baselines: Option<Baselines>,
+}
+
+/// `/metrics` and `xlb services` of an `xlb run` whose connection table holds
+/// [`ControlOptions::conntrack_entries`] synthetic flows (over every Service).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Observe {
+    /// `--conntrack-size` of that run (a quarter above the flows: an LRU map evicts early when
+    /// nearly full), and the flows written.
+    pub conntrack_size: u32,
+    pub flows: u32,
+    pub fill_s: f64,
+    /// One unpaced walk of the whole table by the benchmark (a lookup and a next-key syscall per
+    /// entry): what every scrape and every `xlb services` paid before the census.
+    pub full_walk_s: f64,
+    pub scrapes: usize,
+    pub scrape_p50_ms: f64,
+    pub scrape_p99_ms: f64,
+    pub scrape_max_ms: f64,
+    pub scrape_bytes: usize,
+    /// `xlb services -o json`, the whole process.
+    pub services_runs: usize,
+    pub services_p50_ms: f64,
+    pub services_max_ms: f64,
+    /// The first census that started after the fill: distinct entries seen, wall time, CPU
+    /// time, pace (entries/s), and CPU per million entries and as a share of one core while
+    /// walking.
+    pub census_entries: u64,
+    pub census_walk_s: f64,
+    pub census_cpu_s: f64,
+    pub census_per_s: u64,
+    pub census_cpu_s_per_million: f64,
+    pub census_cpu_share: f64,
+}
+
+/// kube-proxy's rules for the same cluster, loaded into the node's namespace.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Baselines {
+    pub iptables: String,
+    /// `-A` rules in the `iptables-restore` input, and how long it ran.
+    pub iptables_rules: usize,
+    pub iptables_restore_s: Option<f64>,
+    pub nft: String,
+    /// Lines of the `nft -f` input, and how long it ran.
+    pub nft_lines: usize,
+    pub nft_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -216,14 +273,29 @@ impl ControlReport {
     }
 }
 
-/// The frontend key of benchmark Service `s`: its VIP, port 80, TCP.
-fn key_of(vip: Ipv4Addr) -> FrontendKey {
+/// The frontend key of a benchmark Service: its VIP and port, TCP.
+fn key_of((vip, port): Front) -> FrontendKey {
     FrontendKey {
         addr: u32::from_ne_bytes(vip.octets()),
-        port: SERVICE_PORT.to_be(),
+        port: port.to_be(),
         proto: IPPROTO_TCP,
         _pad: 0,
     }
+}
+
+/// A frontend: VIP and port.
+type Front = (Ipv4Addr, u16);
+
+/// The frontend of benchmark Service `s`: VIP [`traffic::vip`]`(s)`, port 80; past the
+/// 63,750 VIPs of the lab's range, the VIPs again with the next ports (81, 82, ...).
+fn front_of(s: u32) -> Front {
+    let vips = traffic::MAX_SERVICES;
+    (traffic::vip(s % vips), SERVICE_PORT + (s / vips) as u16)
+}
+
+/// The frontend of a benchmark Service's definition.
+fn front(svc: &ServiceDef) -> Front {
+    (svc.lb_ingress[0], svc.ports[0].port)
 }
 
 /// Services per target port: each takes E consecutive pool addresses.
@@ -233,7 +305,7 @@ fn per_port(endpoints: u32) -> u32 {
 
 fn service(
     name: String,
-    vip: Ipv4Addr,
+    (vip, port): Front,
     target_port: u16,
     endpoints: Vec<EndpointDef>,
 ) -> ServiceDef {
@@ -247,7 +319,7 @@ fn service(
         ports: vec![PortDef {
             name: "tcp".into(),
             protocol: "TCP".into(),
-            port: SERVICE_PORT,
+            port,
             target_port,
             node_port: None,
         }],
@@ -276,7 +348,7 @@ fn bench_service(node: &str, s: u32, e: u32) -> ServiceDef {
             endpoint(node, addr, format!("pod-{s}-{i}"))
         })
         .collect();
-    service(format!("svc-{s}"), traffic::vip(s), port, eps)
+    service(format!("svc-{s}"), front_of(s), port, eps)
 }
 
 fn file_name(svc: &ServiceDef) -> String {
@@ -306,45 +378,6 @@ impl Rng {
     }
 }
 
-/// `BPF_MAP_LOOKUP_ELEM` on an array of maps: the id of the inner map at `index`, `None` for an
-/// empty slot. (aya's `ArrayOfMaps::get` opens the inner map; the id is all we need.)
-fn inner_map_id(outer: BorrowedFd<'_>, index: u32) -> Result<Option<u32>> {
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    let mut id: u32 = 0;
-    let mut attr = Attr {
-        map_fd: outer.as_raw_fd() as u32,
-        _pad: 0,
-        key: &index as *const u32 as u64,
-        value: &mut id as *mut u32 as u64,
-        flags: 0,
-    };
-    // SAFETY: attr points to a u32 key and a u32 value that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_ELEM,
-            &mut attr as *mut Attr,
-            size_of::<Attr>(),
-        )
-    };
-    if rc == 0 {
-        return Ok(Some(id));
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ENOENT) {
-        return Ok(None);
-    }
-    Err(anyhow!("looking up {MAP_MAGLEV}[{index}]: {e}"))
-}
-
 /// `memlock:` of a map fd, from `/proc/self/fdinfo` (the kernel's estimate of the map's memory).
 fn memlock(fd: BorrowedFd<'_>) -> Result<u64> {
     let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
@@ -372,7 +405,7 @@ fn rss_kib(pid: u32) -> Result<(u64, u64)> {
 /// The pinned maps this scenario reads, opened from xlb's pin directory.
 struct Probe {
     frontends: BpfHashMap<MapData, FrontendKey, FrontendValue>,
-    maglev: MapData,
+    maglev: ArrayOfMaps<MapData>,
 }
 
 impl Probe {
@@ -383,26 +416,35 @@ impl Probe {
             .with_context(|| format!("{MAP_FRONTENDS} has an unexpected type or layout"))?;
         let maglev = MapData::from_pin(maps_dir.join(MAP_MAGLEV))
             .with_context(|| format!("opening {MAP_MAGLEV}"))?;
+        let maglev = ArrayOfMaps::try_from(Map::from_map_data(maglev)?)
+            .with_context(|| format!("{MAP_MAGLEV} is not an array of maps"))?;
         Ok(Probe { frontends, maglev })
     }
 
-    fn frontend(&self, vip: Ipv4Addr) -> Result<Option<FrontendValue>> {
-        match self.frontends.get(&key_of(vip), 0) {
+    fn frontend(&self, fe: Front) -> Result<Option<FrontendValue>> {
+        match self.frontends.get(&key_of(fe), 0) {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("looking up the frontend {vip}")),
+            Err(e) => Err(e).with_context(|| format!("looking up the frontend {}:{}", fe.0, fe.1)),
         }
     }
 
-    /// The inner map id of the Maglev table at `service_id`.
+    /// The inner map id of the Maglev table at `service_id`, `None` for an empty slot.
     fn table(&self, service_id: u32) -> Result<Option<u32>> {
-        inner_map_id(self.maglev.fd().as_fd(), service_id)
+        let table = match self.maglev.get(&service_id, 0) {
+            Ok(table) => table,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("looking up {MAP_MAGLEV}[{service_id}]"));
+            }
+        };
+        Ok(Some(table.info()?.id()))
     }
 
     /// The Service at `vip` is programmed: frontend present and its table in place. Returns
     /// (frontend value, table id).
-    fn programmed(&self, vip: Ipv4Addr) -> Result<Option<(FrontendValue, u32)>> {
-        let Some(v) = self.frontend(vip)? else {
+    fn programmed(&self, fe: Front) -> Result<Option<(FrontendValue, u32)>> {
+        let Some(v) = self.frontend(fe)? else {
             return Ok(None);
         };
         Ok(self.table(v.service_id)?.map(|id| (v, id)))
@@ -536,22 +578,14 @@ fn check_options(opts: &ControlOptions) -> Result<()> {
     if opts.poll_ms == 0 || opts.poll_ms > 10_000 {
         bail!("--poll-ms must be 1..=10000");
     }
+    let extra = opts.changes as u64 * (opts.endpoints as u64 + 1);
+    if extra > EXTRA_SIZE as u64 {
+        bail!("too many changes: at most {EXTRA_SIZE} added endpoints");
+    }
     for &n in &opts.services {
-        // One more Service for the add/remove changes.
-        let svc_max = (MAX_SERVICES - 1).min(traffic::MAX_SERVICES - 1);
-        if n == 0 || n > svc_max {
-            bail!("{n} Services: use 1..={svc_max}");
-        }
-        let backends = n as u64 * opts.endpoints as u64;
-        let extra = opts.changes as u64 * (opts.endpoints as u64 + 1);
-        if backends + extra > MAX_BACKENDS as u64 {
-            bail!(
-                "{n} Services × {} endpoints (+ {extra} for the changes) exceed the datapath's {MAX_BACKENDS} backends",
-                opts.endpoints
-            );
-        }
-        if extra > EXTRA_SIZE as u64 {
-            bail!("too many changes: at most {EXTRA_SIZE} added endpoints");
+        // VIPs repeat with the next port past the range's 63,750 (see `front_of`).
+        if n == 0 || n > MAX_BENCH_SERVICES {
+            bail!("{n} Services: use 1..={MAX_BENCH_SERVICES}");
         }
         let ports = n.div_ceil(per_port(opts.endpoints));
         if TARGET_PORT as u32 + ports > u16::MAX as u32 {
@@ -561,12 +595,35 @@ fn check_options(opts: &ControlOptions) -> Result<()> {
     Ok(())
 }
 
+/// The most Services a run takes (VIP × port pairs kept well within the lab's ranges).
+const MAX_BENCH_SERVICES: u32 = 1_000_000;
+
+/// Why this build's `xlb run` cannot hold `n` Services × `e` endpoints (and the changes), if it
+/// cannot: the datapath's capacities. The baselines are measured anyway.
+fn over_capacity(n: u32, opts: &ControlOptions) -> Option<String> {
+    // One more Service for the add/remove changes.
+    if n + 1 > MAX_SERVICES {
+        return Some(format!(
+            "{n} Services (+1 for the changes) exceed this build's {MAX_SERVICES} Service ports"
+        ));
+    }
+    let backends = n as u64 * opts.endpoints as u64;
+    let extra = opts.changes as u64 * (opts.endpoints as u64 + 1);
+    if backends + extra > MAX_BACKENDS as u64 {
+        return Some(format!(
+            "{n} Services × {} endpoints (+ {extra} for the changes) exceed this build's {MAX_BACKENDS} backends",
+            opts.endpoints
+        ));
+    }
+    None
+}
+
 /// Everything for one N. Errors leave `run.problems` to the caller; the lab and the process are
 /// torn down by their destructors whatever happens.
 fn measure(n: u32, opts: &ControlOptions, run: &mut ControlRun) -> Result<()> {
     check_interrupted()?;
     let e = opts.endpoints;
-    let lab = Lab::single_node()?;
+    let lab = Lab::new(crate::lab::LabSpec::single_node().for_benchmarks())?;
     let node_name = lab.spec().nodes[0].name.clone();
     let node = lab.host(&node_name);
     let mut svcs: Vec<ServiceDef> = (0..n).map(|s| bench_service(&node_name, s, e)).collect();
@@ -579,6 +636,20 @@ fn measure(n: u32, opts: &ControlOptions, run: &mut ControlRun) -> Result<()> {
     run.manifest_write_s = t.elapsed().as_secs_f64();
     run.manifest_files = n + 1;
     run.backends = n * e;
+    if let Some(why) = over_capacity(n, opts) {
+        eprint!("xlb skipped ({why}); ");
+        run.xlb_skipped = Some(why);
+        if opts.baselines {
+            run.baselines = Some(baselines(&lab, node, &svcs, run));
+        }
+        drop(manifests);
+        let left = lab.close();
+        if !left.is_empty() {
+            run.problems
+                .push(format!("namespaces left behind: {left:?}"));
+        }
+        return Ok(());
+    }
 
     let pin_dir: PathBuf =
         xlb_pin_dir(node.netns()).context("`xlb pin-dir` in the node's namespace failed")?;
@@ -633,7 +704,7 @@ fn measure(n: u32, opts: &ControlOptions, run: &mut ControlRun) -> Result<()> {
         &format!("all {n} Services in {MAP_FRONTENDS} with their tables"),
         || {
             while next < svcs.len() {
-                match probe.programmed(svcs[next].lb_ingress[0])? {
+                match probe.programmed(front(&svcs[next]))? {
                     Some((v, _)) => {
                         table_size = v.table_size;
                         next += 1;
@@ -669,7 +740,7 @@ fn measure(n: u32, opts: &ControlOptions, run: &mut ControlRun) -> Result<()> {
     let mut service_ids = BTreeSet::new();
     let mut table_ids = BTreeSet::new();
     for s in &svcs {
-        if let Some((v, id)) = probe.programmed(s.lb_ingress[0])? {
+        if let Some((v, id)) = probe.programmed(front(s))? {
             service_ids.insert(v.service_id);
             table_ids.insert(id);
         }
@@ -745,22 +816,275 @@ fn measure(n: u32, opts: &ControlOptions, run: &mut ControlRun) -> Result<()> {
         run.problems
             .push(format!("{} left behind after xlb down", pin_dir.display()));
     }
+    // The Services are the same; the changes left them as they are in the manifests.
+    if opts.conntrack_entries > 0 {
+        eprint!(" observe");
+        match observe(&lab, &node_name, &manifests, &pin_dir, &svcs, opts) {
+            Ok(o) => run.observe = Some(o),
+            Err(e) => run.problems.push(format!("observability: {e:#}")),
+        }
+    }
+    if opts.baselines {
+        eprint!(" baselines");
+        run.baselines = Some(baselines(&lab, node, &svcs, run));
+    }
     run.note = format!(
         "xlb run --poll-ms {} (xdp mode {})",
         opts.poll_ms, opts.xdp_mode
     );
-    let names = lab.namespaces();
     drop(manifests);
-    drop(lab);
-    let left: Vec<String> = lab_namespaces()
-        .into_iter()
-        .filter(|l| names.contains(l))
-        .collect();
+    let left = lab.close();
     if !left.is_empty() {
         run.problems
             .push(format!("namespaces left behind: {left:?}"));
     }
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in ns, the clock the datapath stamps flows with.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Where `xlb run` publishes its connection census for the datapath at `pin_dir`
+/// (`control/src/datapath/pins.rs`: next to its state file).
+fn census_file(pin_dir: &Path) -> PathBuf {
+    let flat: String = pin_dir
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c == '/' { '_' } else { c })
+        .collect();
+    PathBuf::from("/run/xlb").join(flat).join("census.json")
+}
+
+/// The port `xlb run --metrics-addr` listens on in the node's namespace.
+const METRICS_PORT: u16 = 10356;
+
+/// One `GET /metrics` on the node's loopback: (milliseconds from the request to the last byte,
+/// bytes).
+fn scrape_once(node: &crate::lab::Host) -> Result<(f64, usize)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = node.netns().run(|| {
+        Ok(std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], METRICS_PORT)),
+            Duration::from_secs(2),
+        )?)
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let t = Instant::now();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n")?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body)?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if !body.starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "/metrics answered {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
+    }
+    Ok((ms, body.len()))
+}
+
+/// A second `xlb run` of the same Services with a connection table of `opts.conntrack_entries`
+/// synthetic flows (clients in 198.18.128.0/17, each to one of the Services, all active): the
+/// cost of one full walk, `/metrics` scrapes and `xlb services` against it, and the census.
+fn observe(
+    lab: &Lab,
+    node_name: &str,
+    manifests: &ManifestDir,
+    pin_dir: &Path,
+    svcs: &[ServiceDef],
+    opts: &ControlOptions,
+) -> Result<Observe> {
+    let flows = opts.conntrack_entries;
+    let mut o = Observe {
+        flows,
+        conntrack_size: (flows + flows / 4).max(1024),
+        ..Default::default()
+    };
+    let mut xo = XlbOptions::new(node_name, manifests.path());
+    xo.extra_args = vec![
+        "--log-format".into(),
+        "json".into(),
+        "--xdp-mode".into(),
+        opts.xdp_mode.clone(),
+        "--conntrack-size".into(),
+        o.conntrack_size.to_string(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{METRICS_PORT}"),
+    ];
+    let timeout = Duration::from_secs(60) + Duration::from_millis(10) * svcs.len() as u32;
+    let mut xlb = XlbProcess::start(lab, &xo)?;
+    wait_generation(&mut xlb, 1, timeout)?;
+    let maps_dir = pin_dir.join(MAPS_SUBDIR);
+    let probe = Probe::open(&maps_dir)?;
+    let mut ids = Vec::with_capacity(svcs.len());
+    for s in svcs {
+        let (v, _) = probe
+            .programmed(front(s))?
+            .with_context(|| format!("{} is not programmed", s.name))?;
+        ids.push((front(s), v.frontend_id));
+    }
+    drop(probe);
+    let ct = MapData::from_pin(maps_dir.join(MAP_CONNTRACK))
+        .with_context(|| format!("opening {MAP_CONNTRACK}"))?;
+    let mut ct: BpfHashMap<MapData, FlowKey, CtValue> =
+        BpfHashMap::try_from(Map::from_map_data(ct)?)
+            .with_context(|| format!("{MAP_CONNTRACK} has an unexpected type or layout"))?;
+    let (t, now) = (Instant::now(), monotonic_ns());
+    let base = u32::from(Ipv4Addr::new(198, 18, 128, 0));
+    for i in 0..flows {
+        let ((vip, port), frontend_id) = ids[i as usize % ids.len()];
+        let key = FlowKey {
+            src_addr: u32::from_ne_bytes(Ipv4Addr::from(base + i / 50_000).octets()),
+            dst_addr: u32::from_ne_bytes(vip.octets()),
+            src_port: (10_000 + (i % 50_000) as u16).to_be(),
+            dst_port: port.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        ct.insert(key, CtValue::new(i % 1024, frontend_id, now), 0)
+            .with_context(|| format!("writing synthetic flow {i}"))?;
+    }
+    o.fill_s = t.elapsed().as_secs_f64();
+    let filled = unix_now();
+    let t = Instant::now();
+    let walked = ct
+        .iter()
+        .take(o.conntrack_size as usize * 2)
+        .filter(|kv| kv.is_ok())
+        .count();
+    o.full_walk_s = t.elapsed().as_secs_f64();
+    if walked < flows as usize {
+        bail!("the walk found {walked} of {flows} synthetic flows (evicted?)");
+    }
+    check_interrupted()?;
+
+    // Scrapes while the census walks the table, then `xlb services`.
+    let mut ms = Vec::new();
+    for _ in 0..opts.scrapes {
+        check_interrupted()?;
+        let (m, bytes) = scrape_once(xlb.host())?;
+        ms.push(m);
+        o.scrape_bytes = bytes;
+    }
+    o.scrapes = ms.len();
+    o.scrape_p50_ms = percentile(&ms, 50.0);
+    o.scrape_p99_ms = percentile(&ms, 99.0);
+    o.scrape_max_ms = percentile(&ms, 100.0);
+    let mut ms = Vec::new();
+    for _ in 0..3 {
+        check_interrupted()?;
+        let t = Instant::now();
+        xlb.cli(&["services", "-o", "json"])?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    o.services_runs = ms.len();
+    o.services_p50_ms = percentile(&ms, 50.0);
+    o.services_max_ms = percentile(&ms, 100.0);
+
+    // The first census that started after the fill: the whole table, paced.
+    let path = census_file(pin_dir);
+    // At the slowest pace `--census-rate` allows (1000/s), with room for the walk under way.
+    let walk_bound = Duration::from_secs_f64(3.0 * o.conntrack_size as f64 / 1000.0);
+    let deadline =
+        Instant::now() + Duration::from_secs(60) + walk_bound.min(Duration::from_secs(1800));
+    let c: serde_json::Value = loop {
+        check_alive(&mut xlb)?;
+        check_interrupted()?;
+        // Read every 200 ms: the file holds a count per frontend.
+        if let Ok(text) = std::fs::read(&path) {
+            let c: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+            if c["started_unix"].as_f64().unwrap_or(0.0) >= filled {
+                break c;
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("no connection census of the filled table by the deadline");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    o.census_entries = c["entries"].as_u64().unwrap_or(0);
+    o.census_walk_s = c["walk_s"].as_f64().unwrap_or(0.0);
+    o.census_cpu_s = c["cpu_s"].as_f64().unwrap_or(0.0);
+    o.census_per_s = c["per_s"].as_u64().unwrap_or(0);
+    if o.census_entries > 0 {
+        o.census_cpu_s_per_million = o.census_cpu_s / o.census_entries as f64 * 1e6;
+    }
+    if o.census_walk_s > 0.0 {
+        o.census_cpu_share = o.census_cpu_s / o.census_walk_s;
+    }
+    if o.census_entries < flows as u64 {
+        bail!(
+            "the census counted {} of {flows} synthetic flows",
+            o.census_entries
+        );
+    }
+    match xlb.stop() {
+        Ok(st) if st.success() => {}
+        Ok(st) => bail!("xlb run exited with {st} on SIGTERM"),
+        Err(e) => return Err(e),
+    }
+    xlb.down()?;
+    Ok(o)
+}
+
+/// kube-proxy's rules for `svcs`, loaded with `iptables-restore` and `nft -f` in `node`'s
+/// namespace (xlb is gone from it by then). Failures are the run's problems.
+fn baselines(
+    lab: &Lab,
+    node: &crate::lab::Host,
+    svcs: &[ServiceDef],
+    run: &mut ControlRun,
+) -> Baselines {
+    let ports: Vec<SvcPort> = svcs
+        .iter()
+        .map(|s| SvcPort {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            port_name: s.ports[0].name.clone(),
+            proto: "tcp",
+            vip: s.lb_ingress[0],
+            port: s.ports[0].port,
+            endpoints: s
+                .endpoints
+                .iter()
+                .map(|e| (e.addr, s.ports[0].target_port))
+                .collect(),
+        })
+        .collect();
+    let mut b = Baselines {
+        iptables: baseline::iptables_version(),
+        nft: baseline::nft_version(),
+        iptables_rules: baseline::iptables_rules(&ports)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .count(),
+        nft_lines: baseline::nft_rules(&ports).lines().count(),
+        ..Default::default()
+    };
+    match baseline::apply_iptables(node, &ports, lab.workdir()) {
+        Ok(d) => b.iptables_restore_s = Some(d.as_secs_f64()),
+        Err(e) => run.problems.push(format!("iptables-restore: {e:#}")),
+    }
+    match baseline::apply_nft(node, &ports, lab.workdir()) {
+        Ok(d) => b.nft_s = Some(d.as_secs_f64()),
+        Err(e) => run.problems.push(format!("nft -f: {e:#}")),
+    }
+    b
 }
 
 /// `memlock` of every pinned map and of the Maglev tables `table_ids`.
@@ -827,7 +1151,9 @@ fn run_changes(
         extra += 1;
         endpoint(node, a, format!("pod-{port_owner}-x{extra}"))
     };
-    let added_vip = traffic::vip(n);
+    let added = front_of(n);
+    let added_vip = added.0;
+    let added_port = added.1;
     for round in 0..opts.changes {
         for kind in [ChangeKind::Add, ChangeKind::Scale, ChangeKind::Remove] {
             check_alive(xlb)?;
@@ -841,28 +1167,27 @@ fn run_changes(
             let mut seen: Box<dyn FnMut() -> Result<bool> + '_> = match kind {
                 ChangeKind::Add => {
                     let eps = (0..e).map(|_| fresh(ADDED)).collect();
-                    let svc = service_def_added(added_vip, eps);
+                    let svc = service_def_added(added, eps);
                     let (name, text) = (file_name(&svc), svc.to_yaml());
                     written = write_atomically(manifests.path(), &name, &text)?;
                     service = svc.name.clone();
-                    what = format!("the new Service's frontend {added_vip}:{SERVICE_PORT}");
-                    Box::new(move || Ok(probe.programmed(added_vip)?.is_some()))
+                    what = format!("the new Service's frontend {added_vip}:{added_port}");
+                    Box::new(move || Ok(probe.programmed(added)?.is_some()))
                 }
                 ChangeKind::Remove => {
-                    let svc = service_def_added(added_vip, vec![]);
+                    let svc = service_def_added(added, vec![]);
                     let path = manifests.path().join(file_name(&svc));
                     written = (Instant::now(), SystemTime::now());
                     std::fs::remove_file(&path)
                         .with_context(|| format!("removing {}", path.display()))?;
                     service = svc.name;
-                    what = format!("the frontend {added_vip}:{SERVICE_PORT} to disappear");
-                    Box::new(move || Ok(probe.frontend(added_vip)?.is_none()))
+                    what = format!("the frontend {added_vip}:{added_port} to disappear");
+                    Box::new(move || Ok(probe.frontend(added)?.is_none()))
                 }
                 ChangeKind::Scale => {
                     let s = ((round as u64 * 7919 + n as u64 / 2) % n as u64) as usize;
-                    let vip = svcs[s].lb_ingress[0];
                     let (v, old) = probe
-                        .programmed(vip)?
+                        .programmed(front(&svcs[s]))?
                         .with_context(|| format!("{} is not programmed", svcs[s].name))?;
                     let ep = fresh(&svcs[s].name);
                     svcs[s].endpoints.push(ep);
@@ -912,8 +1237,8 @@ fn run_changes(
     Ok(())
 }
 
-fn service_def_added(vip: Ipv4Addr, eps: Vec<EndpointDef>) -> ServiceDef {
-    service(ADDED.into(), vip, TARGET_PORT, eps)
+fn service_def_added(fe: Front, eps: Vec<EndpointDef>) -> ServiceDef {
+    service(ADDED.into(), fe, TARGET_PORT, eps)
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -983,6 +1308,9 @@ pub fn run(opts: &ControlOptions) -> Result<ControlReport> {
             summary: vec![],
             problems: vec![],
             note: String::new(),
+            xlb_skipped: None,
+            observe: None,
+            baselines: None,
         };
         // A failed measurement is recorded (and fails the scenario) without losing the others.
         if let Err(e) = measure(n, opts, &mut run) {
@@ -1119,6 +1447,79 @@ pub fn print(rep: &ControlReport) {
     say!(
         "changes: from just before the file is renamed into place → visible in the maps, including up to --poll-ms of xlb's polling; maps: memlock of the pinned maps + every Maglev table; RSS: peak (VmHWM) of xlb run."
     );
+    for r in &rep.runs {
+        if let Some(why) = &r.xlb_skipped {
+            say!("{:>8} Services: xlb not run: {why}", r.services);
+        }
+    }
+    if rep.runs.iter().any(|r| r.observe.is_some()) {
+        say!(
+            "observability with {} synthetic flows in the connection table (a second xlb run, --conntrack-size 1.25x): ms",
+            o.conntrack_entries
+        );
+        say!(
+            "{:>8} {:>10} {:>22} {:>12} {:>16} {:>10} {:>10} {:>12} {:>10}",
+            "Services",
+            "full walk",
+            "scrape p50/p99/max",
+            "scrape KiB",
+            "services p50/max",
+            "census s",
+            "census CPU",
+            "CPU s/M",
+            "CPU share"
+        );
+        for r in &rep.runs {
+            let Some(x) = &r.observe else { continue };
+            say!(
+                "{:>8} {:>10.0} {:>22} {:>12.0} {:>16} {:>10.1} {:>10.2} {:>12.2} {:>9.1}%",
+                r.services,
+                x.full_walk_s * 1e3,
+                format!(
+                    "{:.1} / {:.1} / {:.1}",
+                    x.scrape_p50_ms, x.scrape_p99_ms, x.scrape_max_ms
+                ),
+                x.scrape_bytes as f64 / 1024.0,
+                format!("{:.0} / {:.0}", x.services_p50_ms, x.services_max_ms),
+                x.census_walk_s,
+                x.census_cpu_s,
+                x.census_cpu_s_per_million,
+                x.census_cpu_share * 100.0
+            );
+        }
+        say!(
+            "full walk: one unpaced walk of the table (what each scrape and `xlb services` cost before the census); census: the paced background walk of xlb run (--census-rate), its CPU time, per million entries, and as a share of one core while it walks."
+        );
+    }
+    if rep.runs.iter().any(|r| r.baselines.is_some()) {
+        say!("kube-proxy's rules for the same Services, loaded into the node's namespace: s");
+        say!(
+            "{:>8} {:>10} {:>14} {:>10} {:>10} {:>12}",
+            "Services",
+            "xlb sync",
+            "iptables rules",
+            "restore",
+            "nft lines",
+            "nft -f"
+        );
+        let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        for r in &rep.runs {
+            let Some(b) = &r.baselines else { continue };
+            say!(
+                "{:>8} {:>10} {:>14} {:>10} {:>10} {:>12}",
+                r.services,
+                if r.xlb_skipped.is_some() {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}", r.from_scratch_s)
+                },
+                b.iptables_rules,
+                opt(b.iptables_restore_s),
+                b.nft_lines,
+                opt(b.nft_s)
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -45,8 +45,8 @@ use crate::baseline::{self, SvcPort};
 use crate::bpf::{self, Forwarder, FwdPort, GenConfig, Sink, SinkCounts, Sinks};
 use crate::lab::topology::{LAB_RANGE, POD_IF};
 use crate::lab::{
-    EndpointDef, Host, Lab, ManifestSet, PortDef, ServiceDef, UPLINK, XlbCluster, XlbOptions,
-    XlbProcess,
+    EndpointDef, Host, Lab, ManifestSet, PortDef, ServiceDef, ServiceStatusExt as _, UPLINK,
+    XlbCluster, XlbOptions, XlbProcess,
 };
 use crate::say;
 use crate::scenarios::{Machine, median, si};
@@ -56,28 +56,78 @@ use crate::traffic::{self, Generator, Mix, SERVICE_PORT, TARGET_PORT, Traffic};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Path {
-    /// xlb's XDP program (`xlb run`), DNAT in XDP, then the kernel delivers to the pod.
+    /// xlb's XDP program (`xlb run`), DNAT in XDP, then into the pod by its default delivery
+    /// (`--pod-delivery peer`: `bpf_redirect_peer` from TC, past the kernel's IP stack).
     Xlb,
+    /// The same with the SYN-flood guard off (`--syn-guard-rate 0`): every SYN writes its
+    /// conntrack entry. Against `xlb` in the `syn` mix, the guard's effect.
+    #[value(name = "xlb-noguard")]
+    #[serde(rename = "xlb-noguard")]
+    XlbNoGuard,
     /// kube-proxy iptables mode: KUBE-SERVICES → KUBE-SVC-* → KUBE-SEP-* (statistic random).
     Iptables,
     /// kube-proxy nftables mode: verdict maps.
     Nftables,
     /// A bare XDP forwarder: parse, pick a pod, redirect into its veth (the ceiling).
     Ceiling,
+    /// xlb with `--pod-delivery kernel`: the kernel routes the DNATed packet to the pod.
+    #[serde(rename = "xlb-kernel")]
+    XlbKernel,
+    /// xlb with `--pod-delivery redirect`: `bpf_redirect` out of the pod's host-side veth.
+    #[serde(rename = "xlb-redirect")]
+    XlbRedirect,
+    /// xlb with `--pod-delivery neigh`: `bpf_redirect_neigh` out of the host-side veth.
+    #[serde(rename = "xlb-neigh")]
+    XlbNeigh,
+    /// xlb with `--pod-delivery xdp`: the XDP frame redirected into the host-side veth. Needs
+    /// NAPI on the pod's end (here: the native sink), so not for ordinary pods.
+    #[serde(rename = "xlb-xdp")]
+    XlbXdp,
 }
 
 impl Path {
     pub fn name(&self) -> &'static str {
         match self {
             Path::Xlb => "xlb",
+            Path::XlbNoGuard => "xlb-noguard",
             Path::Iptables => "iptables",
             Path::Nftables => "nftables",
             Path::Ceiling => "ceiling",
+            Path::XlbKernel => "xlb-kernel",
+            Path::XlbRedirect => "xlb-redirect",
+            Path::XlbNeigh => "xlb-neigh",
+            Path::XlbXdp => "xlb-xdp",
         }
     }
+    /// `xlb run` arguments of an xlb path beyond the lab's.
+    fn xlb_args(&self) -> Vec<String> {
+        if *self == Path::XlbNoGuard {
+            vec!["--syn-guard-rate".into(), "0".into()]
+        } else {
+            vec![]
+        }
+    }
+
     /// Whether the path rewrites the destination to the pod (the sink checks it).
     fn dnat(&self) -> bool {
         *self != Path::Ceiling
+    }
+    /// xlb's `--pod-delivery` for an xlb path.
+    pub fn pod_delivery(&self) -> Option<&'static str> {
+        Some(match self {
+            Path::Xlb => "peer",
+            Path::XlbKernel => "kernel",
+            Path::XlbRedirect => "redirect",
+            Path::XlbNeigh => "neigh",
+            Path::XlbXdp => "xdp",
+            _ => return None,
+        })
+    }
+    /// Whether packets reach the pods as XDP frames (the ceiling's, `xlb-xdp`'s), which need
+    /// NAPI on the pod's end: a native sink. Every other path delivers skbs, into ordinary pods:
+    /// GRO off and a generic (skb) sink, which gives the pod's veth no NAPI, as in a cluster.
+    pub fn frames_to_pods(&self) -> bool {
+        matches!(self, Path::Ceiling | Path::XlbXdp)
     }
 }
 
@@ -102,8 +152,8 @@ impl LabKind {
 
     fn build(&self) -> Result<Lab> {
         match self {
-            LabKind::Single => Lab::single_node(),
-            LabKind::Dsr => Lab::dsr(),
+            LabKind::Single => Lab::new(crate::lab::LabSpec::single_node().for_benchmarks()),
+            LabKind::Dsr => Lab::new(crate::lab::LabSpec::dsr().for_benchmarks()),
         }
     }
 }
@@ -270,13 +320,25 @@ pub(crate) enum Setup<'lab> {
 /// value, noun) for "`subject` `value` `noun` but the pods received ...".
 type PathCounters = Vec<(String, u64, &'static str)>;
 
-fn path_counters(setup: &Setup<'_>, edge: &str) -> Result<PathCounters> {
+fn path_counters(setup: &Setup<'_>, edge: &str, path: Path) -> Result<PathCounters> {
+    // Every delivery must have taken the fast path where the path has one.
+    let fast = path.pod_delivery().is_some_and(|d| d != "kernel");
     Ok(match setup {
-        Setup::Xlb(x) => vec![(
-            "xlb counted".into(),
-            x.counter("forward_local")?,
-            "local forwards",
-        )],
+        Setup::Xlb(x) => {
+            let mut c = vec![(
+                "xlb counted".into(),
+                x.counter("forward_local")?,
+                "local forwards",
+            )];
+            if fast {
+                c.push((
+                    "xlb counted".into(),
+                    x.counter("deliver_pod")?,
+                    "deliveries into pods",
+                ));
+            }
+            c
+        }
         Setup::Rules => vec![],
         Setup::Ceiling(f) => vec![("the forwarder redirected".into(), f.counts()?.0, "packets")],
         Setup::XlbCluster(c) => {
@@ -287,6 +349,7 @@ fn path_counters(setup: &Setup<'_>, edge: &str) -> Result<PathCounters> {
                     for k in [
                         "forward_encap_tx",
                         "forward_encap_redirect",
+                        "forward_encap_skb",
                         "encap_fib_pass",
                     ] {
                         encap += p.counter(k)?;
@@ -296,14 +359,28 @@ fn path_counters(setup: &Setup<'_>, edge: &str) -> Result<PathCounters> {
                     backends.push(p.host().name().to_string());
                 }
             }
-            vec![
+            let mut v = vec![
                 (format!("xlb on {edge} counted"), encap, "encapsulations"),
                 (
                     format!("xlb on {} counted", backends.join(", ")),
                     decap,
                     "decapsulations",
                 ),
-            ]
+            ];
+            if fast {
+                let mut delivered = 0;
+                for p in c.nodes() {
+                    if p.host().name() != edge {
+                        delivered += p.counter("deliver_pod")?;
+                    }
+                }
+                v.push((
+                    format!("xlb on {} counted", backends.join(", ")),
+                    delivered,
+                    "deliveries into pods",
+                ));
+            }
+            v
         }
         Setup::Forwarders(fs) => {
             let mut edge_fwd = 0;
@@ -345,14 +422,25 @@ pub(crate) fn program<'lab>(
     let node = lab.host(&lab.spec().nodes[0].name);
     let (defs, ports) = services(lab, n, mix);
     match path {
-        Path::Xlb => {
+        Path::Xlb
+        | Path::XlbNoGuard
+        | Path::XlbKernel
+        | Path::XlbRedirect
+        | Path::XlbNeigh
+        | Path::XlbXdp => {
             let set = ManifestSet {
                 services: defs,
                 nodes: ManifestSet::nodes_of(lab.spec()),
             };
             let manifests = lab.write_manifests(&set)?;
             let mut xo = XlbOptions::new(node.name(), manifests.path());
-            xo.extra_args = vec!["--xdp-mode".into(), xdp_mode.into()];
+            xo.extra_args = vec![
+                "--xdp-mode".into(),
+                xdp_mode.into(),
+                "--pod-delivery".into(),
+                path.pod_delivery().unwrap_or("peer").into(),
+            ];
+            xo.extra_args.extend(path.xlb_args());
             let mut xlb = XlbProcess::start(lab, &xo)?;
             let want = n as usize;
             let timeout = Duration::from_secs(60) + Duration::from_millis(100) * n;
@@ -370,7 +458,13 @@ pub(crate) fn program<'lab>(
             } else {
                 "native XDP"
             };
-            Ok((Setup::Xlb(Box::new(xlb)), format!("xlb attached in {mode}")))
+            Ok((
+                Setup::Xlb(Box::new(xlb)),
+                format!(
+                    "xlb attached in {mode}, --pod-delivery {}",
+                    path.pod_delivery().unwrap_or("peer")
+                ),
+            ))
         }
         Path::Iptables => {
             baseline::apply_iptables(node, &ports, lab.workdir())?;
@@ -463,17 +557,25 @@ pub(crate) fn program_dsr<'lab>(
     let spec = lab.spec();
     let (defs, ports) = services(lab, n, mix);
     match path {
-        Path::Xlb => {
+        Path::Xlb
+        | Path::XlbNoGuard
+        | Path::XlbKernel
+        | Path::XlbRedirect
+        | Path::XlbNeigh
+        | Path::XlbXdp => {
             let set = ManifestSet {
                 services: defs,
                 nodes: ManifestSet::nodes_of(spec),
             };
             let manifests = lab.write_manifests(&set)?;
-            let mut cluster = XlbCluster::start(
-                lab,
-                manifests.path(),
-                &["--xdp-mode".into(), xdp_mode.into()],
-            )?;
+            let mut args = vec![
+                "--xdp-mode".to_string(),
+                xdp_mode.to_string(),
+                "--pod-delivery".to_string(),
+                path.pod_delivery().unwrap_or("peer").to_string(),
+            ];
+            args.extend(path.xlb_args());
+            let mut cluster = XlbCluster::start(lab, manifests.path(), &args)?;
             let want = n as usize;
             let pods = spec.pods().count();
             // One deadline for all nodes (they program in parallel).
@@ -509,9 +611,10 @@ pub(crate) fn program_dsr<'lab>(
             Ok((
                 Setup::XlbCluster(Box::new(cluster)),
                 format!(
-                    "xlb on every node ({} XDP): {} encapsulates in Geneve, the pods' nodes decapsulate, their kernel routes to the pod",
+                    "xlb on every node ({} XDP): {} encapsulates in Geneve, the pods' nodes decapsulate and deliver to the pod (--pod-delivery {})",
                     modes.join("/"),
-                    edge.name()
+                    edge.name(),
+                    path.pod_delivery().unwrap_or("peer")
                 ),
             ))
         }
@@ -636,11 +739,17 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
     }
     let mut sinks = Vec::new();
     for (_, p) in lab.spec().pods() {
+        let pod = lab.host(&p.name);
+        if !path.frames_to_pods() {
+            // An ordinary pod's veth: no NAPI (GRO off, the sink in generic mode).
+            pod.netns().exec("ethtool", &["-K", POD_IF, "gro", "off"])?;
+        }
         sinks.push(Sink::attach(
-            lab.host(&p.name),
+            pod,
             POD_IF,
             p.addr,
             TARGET_PORT,
+            path.frames_to_pods(),
         )?);
     }
     let sinks = Sinks { sinks };
@@ -678,7 +787,7 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
     std::thread::sleep(Duration::from_millis(200));
     let before = sinks.total()?;
     let pods_before = sinks.per_pod()?;
-    let counters_before = path_counters(&setup, node.name())?;
+    let counters_before = path_counters(&setup, node.name(), path)?;
     let r = generator.run(
         client,
         UPLINK,
@@ -747,7 +856,7 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
         _ => {}
     }
     // The path's own counters (xlb's, the forwarders') must account for every delivery.
-    let counters = path_counters(&setup, node.name())?;
+    let counters = path_counters(&setup, node.name(), path)?;
     for ((subject, after, noun), (_, before, _)) in counters.iter().zip(&counters_before) {
         let count = after - before;
         if count < delivered.packets {
@@ -797,10 +906,11 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
         // path; "via the kernel" means the FIB lookup found no neighbour.
         let p = c.node(node.name());
         note.push_str(&format!(
-            "; {} since start: XDP_TX {}, redirect {}, via the kernel {}",
+            "; {} since start: XDP_TX {}, redirect {}, TC redirect {}, via the kernel {}",
             node.name(),
             p.counter("forward_encap_tx")?,
             p.counter("forward_encap_redirect")?,
+            p.counter("forward_encap_skb")?,
             p.counter("encap_fib_pass")?
         ));
     }
@@ -892,7 +1002,12 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     let mut ratios = Vec::new();
     for &n in &opts.services {
         let Some(x) = get(Path::Xlb, n) else { continue };
-        for b in [Path::Iptables, Path::Nftables, Path::Ceiling] {
+        for b in [
+            Path::Iptables,
+            Path::Nftables,
+            Path::Ceiling,
+            Path::XlbNoGuard,
+        ] {
             if let Some(bp) = get(b, n) {
                 ratios.push(Ratio {
                     services: n,
@@ -966,11 +1081,12 @@ pub fn print(rep: &ForwardReport) {
     if !rep.ratios.is_empty() {
         say!("ratios (median delivered packets/s, same run):");
         say!(
-            "{:>9}  {:>14} {:>14} {:>14}",
+            "{:>9}  {:>14} {:>14} {:>14} {:>14}",
             "Services",
             "xlb/iptables",
             "xlb/nftables",
-            "xlb/ceiling"
+            "xlb/ceiling",
+            "xlb/no-guard"
         );
         for &n in &o.services {
             let f = |b: Path| {
@@ -981,11 +1097,12 @@ pub fn print(rep: &ForwardReport) {
                     .unwrap_or_else(|| "-".into())
             };
             say!(
-                "{:>9}  {:>14} {:>14} {:>14}",
+                "{:>9}  {:>14} {:>14} {:>14} {:>14}",
                 n,
                 f(Path::Iptables),
                 f(Path::Nftables),
-                f(Path::Ceiling)
+                f(Path::Ceiling),
+                f(Path::XlbNoGuard)
             );
         }
     }

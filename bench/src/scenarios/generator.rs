@@ -71,9 +71,9 @@ pub fn run(opts: &GenOptions) -> Result<GenReport> {
 
 fn one(opts: &GenOptions, method: &'static str, threads: usize) -> Result<GenMeasurement> {
     crate::lab::check_interrupted()?;
-    let lab = Lab::single_node()?;
+    let lab = Lab::new(crate::lab::LabSpec::single_node().for_benchmarks())?;
     let node = lab.host(&lab.spec().nodes[0].name);
-    let sink = Sink::attach(node, UPLINK, node.addr(), traffic::SERVICE_PORT)?;
+    let sink = Sink::attach(node, UPLINK, node.addr(), traffic::SERVICE_PORT, true)?;
     let (_, node_mac) = bpf::link_info(node, UPLINK)?;
     let (_, client_mac) = bpf::link_info(lab.client(), UPLINK)?;
     let t = Traffic {

@@ -401,7 +401,7 @@ fn measure(
     o: &LatencyOptions,
 ) -> Result<Vec<(Run, Histogram<u64>)>> {
     crate::lab::check_interrupted()?;
-    let lab = Lab::single_node()?;
+    let lab = Lab::new(crate::lab::LabSpec::single_node().for_benchmarks())?;
     prepare(&lab, path)?;
     // The ceiling delivers the Service port unchanged; everything else DNATs to the target port.
     let port = if path == Path::Ceiling {

@@ -3,6 +3,12 @@
 //! slots, hence of new flows' hash space, that move when 1 of N backends leaves or one joins,
 //! against the minimum 1/N or 1/(N+1)), and build time, for M = 16381 and 65537 and N = 10,
 //! 100, 1000. Pure computation, no root needed.
+//!
+//! The *ladder* rows measure the sizes xlb actually gives a Service
+//! (`lb_common::maglev::table_size_for`): balance at that size, and the share of flow hashes
+//! whose backend changes when one backend leaves, with and without a step of the ladder between
+//! the two sizes (hash space sampled, since slot positions mean nothing across sizes), and the
+//! bytes of the inner map.
 
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -38,7 +44,75 @@ pub struct MaglevReport {
     pub scenario: &'static str,
     pub machine: Machine,
     pub rows: Vec<MaglevRow>,
+    pub ladder: Vec<LadderRow>,
 }
+
+/// One backend of `n` leaves a Service whose size follows the ladder under `cap`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LadderRow {
+    pub cap: u32,
+    pub n: u32,
+    /// Table size with `n` backends, and with `n - 1`.
+    pub m_before: u32,
+    pub m_after: u32,
+    /// Most slots any backend owns over the mean, at `m_before`.
+    pub max_over_mean: f64,
+    /// Share of sampled flow hashes whose backend changed.
+    pub moved: f64,
+    /// The minimum: the leaving backend's share, 1/n.
+    pub moved_min: f64,
+    /// Bytes of the inner map's elements (header, ids, 16-bit slots) at `m_before`.
+    pub table_bytes: u64,
+}
+
+/// Flow hashes sampled per ladder row (an odd stride over the 32-bit space).
+const HASH_SAMPLES: u32 = 1 << 20;
+
+pub fn ladder_row(n: u32, cap: u32) -> Result<LadderRow> {
+    use lb_common::maglev::table_size_for;
+    let all = backends(n);
+    let gone = all[(n / 2) as usize].identity();
+    let fewer: Vec<MaglevBackend> = all
+        .iter()
+        .copied()
+        .filter(|b| b.identity() != gone)
+        .collect();
+    let (m_before, m_after) = (table_size_for(&all, cap), table_size_for(&fewer, cap));
+    let (before, after) = (build(&all, m_before)?, build(&fewer, m_after)?);
+    let stride = (u32::MAX / HASH_SAMPLES) | 1;
+    let moved = (0..HASH_SAMPLES)
+        .map(|i| i.wrapping_mul(stride))
+        .filter(|&h| {
+            before.lookup(h).map(|b| b.identity()) != after.lookup(h).map(|b| b.identity())
+        })
+        .count();
+    let counts = before.slot_counts();
+    let mean = m_before as f64 / n as f64;
+    let ids: Vec<u32> = (0..n).collect();
+    let words = lb_common::maglev::encode(&before, &ids).map_err(|e| anyhow!("{e}"))?;
+    Ok(LadderRow {
+        cap,
+        n,
+        m_before,
+        m_after,
+        max_over_mean: *counts.iter().max().unwrap_or(&0) as f64 / mean,
+        moved: moved as f64 / HASH_SAMPLES as f64,
+        moved_min: 1.0 / n as f64,
+        table_bytes: words.len() as u64 * 4,
+    })
+}
+
+/// The ladder cases: 100 backends at three caps (no step: 100 and 99 need the same size), and
+/// removals that cross a step (82 -> 81 and 41 -> 40 under the default cap, 11 -> 10).
+pub const LADDER_CASES: [(u32, u32); 7] = [
+    (100, 16_381),
+    (100, 4_093),
+    (100, 65_521),
+    (82, 16_381),
+    (41, 16_381),
+    (11, 16_381),
+    (10, 16_381),
+];
 
 fn backends(n: u32) -> Vec<MaglevBackend> {
     (0..n)
@@ -121,10 +195,15 @@ pub fn run(ms: &[u32], ns: &[u32], timing_runs: usize) -> Result<MaglevReport> {
             rows.push(row(m, n, timing_runs)?);
         }
     }
+    let ladder = LADDER_CASES
+        .iter()
+        .map(|&(n, cap)| ladder_row(n, cap))
+        .collect::<Result<Vec<_>>>()?;
     Ok(MaglevReport {
         scenario: "maglev",
         machine: Machine::this(),
         rows,
+        ladder,
     })
 }
 
@@ -156,6 +235,33 @@ pub fn print(rep: &MaglevReport) {
             r.build_ms
         );
     }
+    say!(
+        "maglev: the size ladder (M = table_size_for(backends, cap)); one of N leaves; moved = share of flow hashes whose backend changed"
+    );
+    say!(
+        "{:>6} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11}",
+        "cap",
+        "N",
+        "M",
+        "M after",
+        "max/mean",
+        "moved",
+        "min 1/N",
+        "table bytes"
+    );
+    for r in &rep.ladder {
+        say!(
+            "{:>6} {:>5} {:>7} {:>7} {:>9.3} {:>8.2}% {:>8.2}% {:>11}",
+            r.cap,
+            r.n,
+            r.m_before,
+            r.m_after,
+            r.max_over_mean,
+            r.moved * 100.0,
+            r.moved_min * 100.0,
+            r.table_bytes
+        );
+    }
 }
 
 #[cfg(test)]
@@ -170,5 +276,22 @@ mod tests {
         assert!(r.leave_moved >= r.leave_min * 0.5, "{r:?}");
         assert!(r.leave_moved < 0.5, "{r:?}");
         assert!(r.join_moved > 0.0 && r.join_moved < 0.5, "{r:?}");
+    }
+
+    #[test]
+    fn ladder_rows() {
+        // No step: Maglev's usual small disruption.
+        let r = ladder_row(10, 16_381).unwrap();
+        assert_eq!((r.m_before, r.m_after), (1_021, 1_021));
+        assert!(r.moved >= r.moved_min * 0.9 && r.moved < 0.3, "{r:?}");
+        // A step: the slot of most hashes changes, and with it their backend.
+        let r = ladder_row(11, 16_381).unwrap();
+        assert_eq!((r.m_before, r.m_after), (2_039, 1_021));
+        assert!(r.moved > 0.5, "{r:?}");
+        // 16-bit slots: header and ids, then two bytes per slot.
+        assert_eq!(
+            r.table_bytes,
+            4 * 2 * lb_common::maps::maglev_elems(2_039, 11) as u64
+        );
     }
 }

@@ -9,7 +9,10 @@ use std::process::Command;
 /// neighbour entry for node-c only, forwarding on. Removed on drop.
 pub struct FibNetns {
     name: String,
+    /// The uplink, `up0`.
     pub ifindex: u32,
+    /// Its veth peer, `peer0`: a second interface whose traffic the FIB routes out of `up0`.
+    pub peer_ifindex: u32,
     pub mac: [u8; 6],
 }
 
@@ -22,6 +25,20 @@ fn ip(args: &[&str]) {
     );
 }
 
+fn ifindex(netns: &str, dev: &str) -> u32 {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-o", "link", "show", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 impl FibNetns {
     pub fn new(tag: &str) -> Self {
         let name = format!("xlbpt-{}-{tag}", std::process::id());
@@ -31,6 +48,7 @@ impl FibNetns {
         let mut ns = FibNetns {
             name: name.clone(),
             ifindex: 0,
+            peer_ifindex: 0,
             mac: [2, 0, 0, 0, 0, 2],
         };
         // A veth pair inside the namespace (this kernel has no dummy driver); only its
@@ -75,19 +93,21 @@ impl FibNetns {
             .output()
             .expect("sysctl");
         assert!(out.status.success());
-        let idx = Command::new("ip")
-            .args(["-n", &name, "-o", "link", "show", "up0"])
-            .output()
-            .unwrap();
-        let idx: u32 = String::from_utf8_lossy(&idx.stdout)
-            .split(':')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        ns.ifindex = idx;
+        ns.ifindex = ifindex(&name, "up0");
+        ns.peer_ifindex = ifindex(&name, "peer0");
         ns
+    }
+
+    /// Runs `ip -n <this namespace> args` (neighbour and route changes of a test).
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// The index of interface `dev` of the namespace.
+    pub fn ifindex_of(&self, dev: &str) -> u32 {
+        ifindex(&self.name, dev)
     }
 
     /// Moves the calling thread (each test runs on its own thread) into the namespace, where

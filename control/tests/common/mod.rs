@@ -1,19 +1,19 @@
 //! Packet-test fixtures: the real programs loaded with private maps, programmed through the real
-//! manifest → compile → reconcile path, and frames built with etherparse.
+//! manifest → compile → reconcile path, and frames from `xlb_bench::frame`.
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use etherparse::PacketBuilder;
 use lb_common::maps::Reason;
 use xlb::{
     compile::compile,
-    loader::{self, LoadOptions, Loaded},
-    manifest,
-    plan::{DatapathPlan, NodeIdentity},
-    reconcile::Reconciler,
+    compile::plan::{DatapathPlan, NodeIdentity},
+    datapath::loader::{self, LoadOptions, Loaded},
+    datapath::reconcile::Reconciler,
+    source::manifest,
 };
+use xlb_bench::frame;
 
 pub const CLIENT: [u8; 4] = [198, 18, 0, 10];
 pub const NODE: [u8; 4] = [198, 18, 0, 2];
@@ -102,6 +102,7 @@ pub fn plan_for(yaml: &str) -> DatapathPlan {
 
 pub fn plan_for_node(yaml: &str, node_name: &str) -> DatapathPlan {
     let loaded = manifest::load_str(std::path::Path::new("test.yaml"), yaml).expect("manifest");
+    assert!(loaded.rejected.is_empty(), "{:?}", loaded.rejected);
     let node = NodeIdentity {
         node_name: node_name.into(),
         table_size: TABLE_SIZE,
@@ -110,9 +111,10 @@ pub fn plan_for_node(yaml: &str, node_name: &str) -> DatapathPlan {
     compile(&loaded.state, &node)
 }
 
-pub fn tunnel_for_node(yaml: &str, node_name: &str) -> xlb::tunnel::TunnelPlan {
+pub fn tunnel_for_node(yaml: &str, node_name: &str) -> xlb::compile::tunnel::TunnelPlan {
     let loaded = manifest::load_str(std::path::Path::new("test.yaml"), yaml).expect("manifest");
-    xlb::tunnel::tunnel_plan(&loaded.state, node_name, lb_common::maps::GENEVE_PORT, &[])
+    assert!(loaded.rejected.is_empty(), "{:?}", loaded.rejected);
+    xlb::compile::tunnel::tunnel_plan(&loaded.state, node_name, lb_common::maps::GENEVE_PORT, &[])
 }
 
 pub struct Fixture {
@@ -128,11 +130,19 @@ impl Fixture {
 
     /// The datapath of node `node_name`, programmed from `yaml` (services and tunnel settings).
     pub fn for_node(yaml: &str, node_name: &str) -> Self {
-        let Loaded { ebpf, maps } = loader::load(&LoadOptions {
-            pin_dir: None,
-            conntrack_size: 4096,
-        })
-        .expect("load programs");
+        Self::load(
+            &LoadOptions {
+                pin_dir: None,
+                conntrack_size: 4096,
+            },
+            yaml,
+            node_name,
+        )
+    }
+
+    /// As [`Fixture::for_node`], loaded with `opts` (pinned maps, for one).
+    pub fn load(opts: &LoadOptions, yaml: &str, node_name: &str) -> Self {
+        let Loaded { ebpf, maps, .. } = loader::load(opts).expect("load programs");
         let mut rec = Reconciler::adopt(maps).expect("adopt");
         let plan = plan_for_node(yaml, node_name);
         rec.apply_tunnel(&tunnel_for_node(yaml, node_name))
@@ -148,6 +158,7 @@ impl Fixture {
 
     /// Runs the XDP program once on `frame`: (action, output frame).
     pub fn xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let before = self.exits();
         let prog = loader::xdp_program(&mut self.ebpf).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let r = prog
@@ -158,31 +169,51 @@ impl Fixture {
             })
             .expect("test_run");
         out.truncate(r.data_size_out as usize);
+        self.assert_one_exit(&before);
         (r.return_value, out)
     }
 
     /// Runs the XDP program once as if `frame` arrived on interface `ifindex` of the calling
     /// thread's network namespace (FIB lookups happen there): (action, output frame).
     pub fn xdp_on(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        self.xdp_with_metadata(frame, ifindex, 0)
+    }
+
+    /// As [`Fixture::xdp_on`], with `meta_len` bytes of XDP metadata in front of the frame.
+    /// They come out of the 256 bytes of headroom BPF_PROG_TEST_RUN gives, so a large
+    /// metadata area leaves the program as little headroom as a frugal driver would. The
+    /// output frame starts with the metadata.
+    pub fn xdp_with_metadata(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+        meta_len: u32,
+    ) -> (u32, Vec<u8>) {
+        let before = self.exits();
         let prog = loader::xdp_program(&mut self.ebpf).unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        let mut data = vec![0u8; meta_len as usize];
+        data.extend_from_slice(frame);
+        let mut out = vec![0u8; data.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; data and data_end are offsets into data_in, after the metadata.
+        let md: [u32; 6] = [meta_len, data.len() as u32, 0, ifindex, 0, 0];
         let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let r = prog
             .test_run(TestRunOptions {
-                data_in: Some(frame),
+                data_in: Some(&data),
                 data_out: Some(&mut out),
                 ctx_in: Some(&ctx),
                 ..TestRunOptions::new()
             })
             .expect("test_run");
         out.truncate(r.data_size_out as usize);
+        self.assert_one_exit(&before);
         (r.return_value, out)
     }
 
     /// Runs the TC egress program once: (verdict, output frame).
     pub fn tc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let before = self.exits();
         let prog = loader::tc_program(&mut self.ebpf).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let r = prog
@@ -193,11 +224,36 @@ impl Fixture {
             })
             .expect("test_run");
         out.truncate(r.data_size_out as usize);
+        self.assert_one_exit(&before);
         (r.return_value, out)
     }
 
     pub fn counter(&self, reason: Reason) -> u64 {
         self.rec.maps.global(reason).unwrap()
+    }
+
+    fn exits(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .filter(|&&r| is_exit(r))
+            .map(|&r| (r, self.counter(r)))
+            .collect()
+    }
+
+    /// Every run of a program ends in exactly one exit reason: one counter moved by one, no
+    /// other exit counter moved.
+    fn assert_one_exit(&self, before: &[(Reason, u64)]) {
+        let moved: Vec<(Reason, u64)> = self
+            .exits()
+            .iter()
+            .zip(before)
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|(&(r, a), &(_, b))| (r, a - b))
+            .collect();
+        assert!(
+            matches!(moved.as_slice(), [(_, 1)]),
+            "one run must count exactly one exit reason, counted {moved:?}"
+        );
     }
 
     /// The pod Maglev assigns to a flow, computed in user space from the plan.
@@ -224,66 +280,55 @@ impl Fixture {
             dport,
             proto,
         );
-        let i = svc.table[(h % svc.table_size) as usize];
-        let b = &svc.backends[i as usize];
-        (b.addr, b.port)
+        let table = svc.maglev_table().expect("table");
+        let b = table.lookup(h).expect("a backend");
+        (b.ipv4(), b.port)
     }
 }
 
-const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
-
-pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 64240);
-    let b = if syn { b.syn() } else { b.ack(5000) };
-    let payload: &[u8] = if syn { &[] } else { b"hello" };
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
+/// Counters that name where a packet's walk ended. The others (conntrack and affinity events)
+/// count on the way and come with one of these.
+pub fn is_exit(reason: Reason) -> bool {
+    !matches!(
+        reason,
+        Reason::CtNew
+            | Reason::CtHit
+            | Reason::CtStaleBackend
+            | Reason::CtInsertFailed
+            | Reason::AffinityHit
+            | Reason::L4CsumCompleted
+            | Reason::L4CsumPartialKept
+            | Reason::DeliverPod
+            | Reason::DeliverKernelNoRoute
+            | Reason::DeliverKernelNoNeigh
+            | Reason::DeliverKernelNotPod
+            | Reason::DeliverKernelOther
+            | Reason::SynGuarded
+            | Reason::CtClosing
+            | Reason::CtMissMidFlow
+            | Reason::EncapPrepared
+            | Reason::EncapHopFallback
+    )
 }
 
-pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut v, b"query")
-        .unwrap();
-    v
-}
-
-/// RFC 1071 sum of 16-bit words.
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    if let [last] = chunks.remainder() {
-        sum += (*last as u32) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
+// Not every test binary sends both.
+#[allow(unused_imports)]
+pub use xlb_bench::frame::{tcp, udp};
 
 pub struct Ipv4View {
     pub l3: usize,
     pub ihl: usize,
 }
 
+/// Skips the VLAN tags (802.1Q and 802.1ad) in front of the IPv4 header.
 pub fn ipv4_view(frame: &[u8]) -> Ipv4View {
-    let l3 = if u16::from_be_bytes([frame[12], frame[13]]) == 0x8100 {
-        18
-    } else {
-        14
-    };
+    let mut l3 = 14;
+    while matches!(
+        u16::from_be_bytes([frame[l3 - 2], frame[l3 - 1]]),
+        0x8100 | 0x88a8
+    ) {
+        l3 += 4;
+    }
     Ipv4View {
         l3,
         ihl: ((frame[l3] & 0x0f) as usize) * 4,
@@ -315,18 +360,18 @@ pub fn src(frame: &[u8]) -> (Ipv4Addr, u16) {
 }
 
 /// Asserts the IPv4 header checksum and the TCP/UDP checksum (pseudo-header included) verify.
+/// A UDP checksum of zero ("none") fails too: a test whose input carried none asserts that it
+/// still does on its own.
 pub fn assert_checksums(frame: &[u8]) {
     let v = ipv4_view(frame);
     let ip = &frame[v.l3..v.l3 + v.ihl];
-    assert_eq!(fold(sum16(ip, 0)), 0xffff, "IPv4 header checksum");
+    assert_eq!(frame::checksum(ip), 0, "IPv4 header checksum");
     let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     let l4 = &frame[v.l3 + v.ihl..v.l3 + tot];
     let proto = ip[9];
-    if proto == 17 && l4[6] == 0 && l4[7] == 0 {
-        return; // no UDP checksum
-    }
-    let mut sum = sum16(&ip[12..20], 0);
-    sum += proto as u32 + l4.len() as u32;
-    sum = sum16(l4, sum);
-    assert_eq!(fold(sum), 0xffff, "L4 checksum (proto {proto})");
+    assert!(
+        !(proto == 17 && l4[6] == 0 && l4[7] == 0),
+        "UDP checksum zeroed (\"none\") where the input had one"
+    );
+    assert_eq!(frame::l4_checksum(ip, l4), 0, "L4 checksum (proto {proto})");
 }

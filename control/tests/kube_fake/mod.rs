@@ -123,6 +123,15 @@ struct Store {
     emitted: BTreeMap<u64, Instant>,
 }
 
+impl Store {
+    /// Whether requests for `res` fail now. Lists and watches check it again under the lock
+    /// they serve from: a request that passed the first check just before an outage began must
+    /// not open a watch after the outage's cut, or list what the test hides from xlb.
+    fn failing(&self, res: Res) -> bool {
+        self.outage != Outage::None || self.held.contains(&res)
+    }
+}
+
 struct Inner {
     store: Mutex<Store>,
     changed: Condvar,
@@ -582,6 +591,13 @@ fn serve(mut stream: TcpStream, inner: &Inner) -> std::io::Result<()> {
     {
         let mut store = inner.lock();
         store.requests.push(format!("GET {target}"));
+        // A connection accepted just before an outage began is refused here too: otherwise a
+        // watch could open after the outage's cut and deliver what the test hides from xlb.
+        if store.outage == Outage::Refuse {
+            drop(store);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
         if let Outage::Status(code) = store.outage {
             drop(store);
             return respond(
@@ -635,6 +651,10 @@ fn serve_list(
         .filter(|&l| l > 0)
         .unwrap_or(usize::MAX);
     let mut store = inner.lock();
+    if store.failing(res) {
+        drop(store);
+        return stream.shutdown(std::net::Shutdown::Both);
+    }
     let (rv, items) = match params.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => match store.pages.remove(token) {
             Some(page) => page,
@@ -728,6 +748,10 @@ fn serve_watch(
     let requested = params.get("resourceVersion").cloned().unwrap_or_default();
 
     let mut store = inner.lock();
+    if store.failing(res) {
+        drop(store);
+        return stream.shutdown(std::net::Shutdown::Both);
+    }
     let (mut cursor, initial) = if requested.is_empty() || requested == "0" {
         // "Any version": the current objects as ADDED, then changes.
         let objects: Vec<Value> = store
