@@ -353,7 +353,7 @@ fn a_tunnel_packet_never_takes_over_a_live_flows_reply() {
     let stale = RevNatValue {
         frontend_addr: u32::from_ne_bytes(EDGE),
         frontend_port: 30053u16.to_be(),
-        _pad: 0,
+        flags: 0,
         last_ns: 0,
     };
     f.rec
@@ -382,6 +382,89 @@ fn a_tunnel_packet_never_takes_over_a_live_flows_reply() {
     assert_eq!(f.counter(Reason::DropTunnelFlowConflict), 2);
     let (_, out) = f.tc(&udp(POD_C1, 5353, CLIENT, 44002));
     assert_eq!(src(&out), (Ipv4Addr::from(EDGE), 30053));
+}
+
+/// `inner`, a TCP segment from the client to `pod`, tunnelled by the edge naming frontend `fe`.
+fn tunnelled(inner: Frame, fe: ([u8; 4], u16)) -> Vec<u8> {
+    to_node_c(
+        EDGE,
+        6081,
+        &frame::geneve(fe.0, fe.1, IPPROTO_TCP, &inner.ip_packet()),
+    )
+}
+
+#[test]
+fn a_syn_through_another_frontend_reopens_a_closed_connections_tuple() {
+    let mut f = node_c();
+    let (vip, node_port) = ((VIP, 80), (EDGE, NODE_PORT));
+    let seg = || Frame::tcp(CLIENT, 44100, POD_C1, 8080).seq(1000);
+    let data = || seg().ack(5000).payload(b"hello");
+    let pass = |f: &mut Fixture, frame: Vec<u8>, what: &str| {
+        let (act, _) = f.xdp(&frame);
+        assert_eq!(act, XDP_PASS, "{what}");
+    };
+    let conflicts = |f: &mut Fixture, frame: Vec<u8>, n: u64, what: &str| {
+        let (act, _) = f.xdp(&frame);
+        assert_eq!(act, XDP_DROP, "{what}");
+        assert_eq!(f.counter(Reason::DropTunnelFlowConflict), n, "{what}");
+    };
+    let reply_src = |f: &mut Fixture| {
+        let (_, out) = f.tc(&tcp(POD_C1, 8080, CLIENT, 44100, false));
+        src(&out)
+    };
+
+    pass(
+        &mut f,
+        tunnelled(seg().syn(), vip),
+        "the SYN through the VIP",
+    );
+    pass(&mut f, tunnelled(data(), vip), "data through the VIP");
+    // Open: nothing through another frontend, not even a SYN.
+    conflicts(
+        &mut f,
+        tunnelled(seg().syn(), node_port),
+        1,
+        "a SYN while open",
+    );
+    conflicts(&mut f, tunnelled(data(), node_port), 2, "data while open");
+    assert_eq!(reply_src(&mut f), (Ipv4Addr::from(VIP), 80));
+
+    // The client closes: a SYN through the NodePort is a new connection on the same tuple;
+    // anything else is still refused.
+    pass(&mut f, tunnelled(data().fin(), vip), "the client's FIN");
+    conflicts(
+        &mut f,
+        tunnelled(data(), node_port),
+        3,
+        "data after the FIN",
+    );
+    pass(
+        &mut f,
+        tunnelled(seg().syn(), node_port),
+        "a SYN after the FIN",
+    );
+    assert_eq!(reply_src(&mut f), (Ipv4Addr::from(EDGE), NODE_PORT));
+    // The new connection is open: the old frontend's late segments do not take it back.
+    conflicts(&mut f, tunnelled(data(), vip), 4, "the VIP's late segment");
+    conflicts(
+        &mut f,
+        tunnelled(seg().syn(), vip),
+        5,
+        "a SYN through the VIP",
+    );
+
+    // The pod resets it (seen on TC egress): the VIP may have the tuple again.
+    let (_, out) = f.tc(&frame::tcp_frame(POD_C1, 8080, CLIENT, 44100, false)
+        .rst()
+        .build());
+    assert_eq!(src(&out), (Ipv4Addr::from(EDGE), NODE_PORT));
+    pass(
+        &mut f,
+        tunnelled(seg().syn(), vip),
+        "a SYN after the pod's RST",
+    );
+    assert_eq!(reply_src(&mut f), (Ipv4Addr::from(VIP), 80));
+    assert_eq!(f.counter(Reason::DropTunnelFlowConflict), 5);
 }
 
 #[test]

@@ -346,12 +346,20 @@ pub struct RevNatValue {
     /// The address and port the client sent to (network order).
     pub frontend_addr: u32,
     pub frontend_port: u16,
-    pub _pad: u16,
+    /// [`REVNAT_F_CLOSED`] or 0. The padding of layout v4 and before, which was always 0.
+    pub flags: u16,
     /// `bpf_ktime_get_ns()` of the flow's latest packet seen by the program that records it
     /// (refreshed at most once a second): a tunnel packet may give the reply tuple another
-    /// frontend only once the flow has been idle for [`flow_idle_ns`].
+    /// frontend only once the flow has been idle for [`flow_idle_ns`], or, for TCP, closed.
     pub last_ns: u64,
 }
+
+/// `RevNatValue::flags`: the TCP connection on this reply tuple sent or received a FIN or an RST.
+/// The pod sees one socket per 4-tuple whatever frontend the client used, so once that socket is
+/// closing a new connection (a SYN) on the same tuple may come through another frontend: a
+/// client reusing its source port towards the NodePort after the VIP, say. Without the flag such
+/// a SYN would be dropped for a day (TCP's idle timeout).
+pub const REVNAT_F_CLOSED: u16 = 1;
 
 /// Idle time after which a TCP flow is over: conntrack entries are removed, and a reply tuple
 /// may be recorded for another frontend. Long, as kube-proxy's established TCP entries are: an

@@ -1,10 +1,11 @@
 //! TC egress: a reply from a backend pod to a client we load-balanced leaves with the frontend
 //! address and port the client used as its source.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use lb_common::maps::{IPPROTO_UDP, Reason};
+use lb_common::maps::{IPPROTO_TCP, IPPROTO_UDP, REVNAT_F_CLOSED, Reason};
 
 use xlb_xdp::net::{
-    ETH_HLEN, IPV4_CSUM_OFF, IPV4_MAX_HLEN, IPV4_SADDR_OFF, L4_SPORT_OFF, TCP_MIN_HLEN, VLAN_HLEN,
+    ETH_HLEN, IPV4_CSUM_OFF, IPV4_MAX_HLEN, IPV4_SADDR_OFF, L4_SPORT_OFF, TCP_FLAG_FIN,
+    TCP_FLAG_RST, TCP_MIN_HLEN, VLAN_HLEN,
 };
 use xlb_xdp::parse;
 
@@ -36,11 +37,21 @@ pub fn run(ctx: &TcContext) -> i32 {
         }
     };
     let key = hdr.flow_key();
-    // SAFETY: copied out immediately.
-    let Some(rev) = (unsafe { XLB_REVNAT.get(&key) }).copied() else {
+    let Some(known) = XLB_REVNAT.get_ptr_mut(&key) else {
         stats::count(Reason::ReplyPass);
         return TC_ACT_OK;
     };
+    // SAFETY: LRU values stay valid for the program's run; copied out at once.
+    let rev = unsafe { *known };
+    // The pod ends the connection: a SYN on this tuple may then come through another frontend
+    // (see `REVNAT_F_CLOSED`).
+    if hdr.proto == IPPROTO_TCP
+        && hdr.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0
+        && rev.flags & REVNAT_F_CLOSED == 0
+    {
+        // SAFETY: as above; racing writers store the same flag or a timestamp.
+        unsafe { (*known).flags = REVNAT_F_CLOSED };
+    }
     if rewrite_snat(ctx, &hdr, rev.frontend_addr, rev.frontend_port).is_err() {
         stats::count(Reason::PassMalformed);
         return TC_ACT_OK;

@@ -359,7 +359,7 @@ fn record_flow(
         let rev = RevNatValue {
             frontend_addr: hdr.daddr,
             frontend_port: hdr.dport,
-            _pad: 0,
+            flags: 0,
             last_ns: now,
         };
         ok &= XLB_REVNAT

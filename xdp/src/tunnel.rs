@@ -13,10 +13,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::maps::{
-    FrontendOpt, GENEVE_PROTO_IPV4, GeneveHdr, IPPROTO_UDP, LocalBackendKey, Reason, RevNatValue,
-    XLB_OPT_CLASS, XLB_OPT_LEN_WORDS, XLB_OPT_TYPE_FRONTEND, flow_idle_ns,
+    FrontendOpt, GENEVE_PROTO_IPV4, GeneveHdr, IPPROTO_TCP, IPPROTO_UDP, LocalBackendKey,
+    REVNAT_F_CLOSED, Reason, RevNatValue, XLB_OPT_CLASS, XLB_OPT_LEN_WORDS, XLB_OPT_TYPE_FRONTEND,
+    flow_idle_ns,
 };
-use xlb_xdp::net::{ETH_HLEN, ETH_P_IP, EthHdr, GENEVE_HLEN, GENEVE_OPT_LEN, UDP_HLEN};
+use xlb_xdp::net::{
+    ETH_HLEN, ETH_P_IP, EthHdr, GENEVE_HLEN, GENEVE_OPT_LEN, TCP_FLAG_ACK, TCP_FLAG_FIN,
+    TCP_FLAG_RST, TCP_FLAG_SYN, UDP_HLEN,
+};
 use xlb_xdp::parse::{self, Headers, read};
 
 use crate::{
@@ -131,45 +135,71 @@ fn is_local_backend(opt: &FrontendOpt, inner: &Headers) -> bool {
 
 /// Records the frontend the replies of the inner flow must come from. A reply tuple that a
 /// live flow (one seen within its protocol's idle timeout) recorded for another frontend is
-/// never taken over.
+/// never taken over, but by a TCP SYN once that flow's connection has closed.
 #[inline(always)]
 fn record_reply(opt: &FrontendOpt, inner: &Headers) -> Result<(), Reason> {
     let reply = inner.flow_key().reply(inner.daddr, inner.dport);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    let closing = closes(inner);
     // Most packets belong to flows already recorded: a lookup is far cheaper than rewriting the
     // LRU entry on every packet.
     if let Some(known) = XLB_REVNAT.get_ptr_mut(&reply) {
         // SAFETY: LRU values stay valid for the program's run; racing writers only store
-        // timestamps.
-        let (addr, port, last) = unsafe {
+        // timestamps and the closed flag.
+        let (addr, port, flags, last) = unsafe {
             (
                 (*known).frontend_addr,
                 (*known).frontend_port,
+                (*known).flags,
                 (*known).last_ns,
             )
         };
         let idle = now.saturating_sub(last);
         if addr == opt.addr && port == opt.port {
+            // A SYN on a closed tuple opens it again.
+            let want = if closing {
+                REVNAT_F_CLOSED
+            } else if opens(inner) {
+                0
+            } else {
+                flags
+            };
+            if want != flags {
+                unsafe { (*known).flags = want };
+            }
             if idle > CT_REFRESH_NS {
                 unsafe { (*known).last_ns = now };
             }
             return Ok(());
         }
-        if idle <= flow_idle_ns(inner.proto) {
+        let reusable = flags & REVNAT_F_CLOSED != 0 && opens(inner);
+        if idle <= flow_idle_ns(inner.proto) && !reusable {
             return Err(Reason::DropTunnelFlowConflict);
         }
     }
     let rev = RevNatValue {
         frontend_addr: opt.addr,
         frontend_port: opt.port,
-        _pad: 0,
+        flags: if closing { REVNAT_F_CLOSED } else { 0 },
         last_ns: now,
     };
     if XLB_REVNAT.insert(&reply, &rev, 0).is_err() {
         stats::count(Reason::CtInsertFailed);
     }
     Ok(())
+}
+
+/// A TCP segment that ends its connection (FIN or RST).
+#[inline(always)]
+fn closes(inner: &Headers) -> bool {
+    inner.proto == IPPROTO_TCP && inner.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0
+}
+
+/// A TCP segment that opens a connection (SYN without ACK).
+#[inline(always)]
+fn opens(inner: &Headers) -> bool {
+    inner.proto == IPPROTO_TCP && inner.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
 }
 
 /// Strips everything up to the inner packet, keeping the outer MACs (the frame is still
