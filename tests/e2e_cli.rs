@@ -23,12 +23,6 @@ use xlb_e2e::*;
 /// How long a connection census of the lab's small table may take to come round.
 const CENSUS_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// Runs the CLI of `t`'s xlb and parses its JSON output as the contract type `T`.
 fn json<T: serde::de::DeserializeOwned>(xlb: &XlbProcess<'_>, args: &[&str]) -> Result<T> {
     let out = xlb.cli(args)?;

@@ -566,9 +566,3 @@ fn two_interfaces_nodeport_on_the_second_address_and_down_of_one() {
         },
     );
 }
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}

@@ -486,8 +486,13 @@ fn show_counters(xlb: &XlbCluster<'_>) {
 
 fn show_services(xlb: &XlbCluster<'_>) {
     say!("== xlb services (on edge-a)");
-    let table = xlb
-        .node("edge-a")
+    // The connection counts come from the census `xlb run` takes every couple of seconds; the
+    // whole demo's traffic fits between two, so wait for one that saw it.
+    let edge = xlb.node("edge-a");
+    if let Err(e) = edge.services_counted_after(unix_now(), Duration::from_secs(10)) {
+        say!("   note: {e:#}");
+    }
+    let table = edge
         .cli(&["services"])
         .unwrap_or_else(|e| format!("{e:#}\n"));
     for line in table.lines() {

@@ -60,7 +60,7 @@ pub use topology::{
 };
 pub use xlb::{
     BackendStatus, FlowRow, FrontendStatus, Predictor, ServiceStatus, ServiceStatusExt,
-    ServicesOutput, StatsOutput, XlbCluster, XlbOptions, XlbProcess, xlb_binary, xlb_cli,
+    ServicesOutput, StatsOutput, XlbCluster, XlbOptions, XlbProcess, unix_now, xlb_binary, xlb_cli,
 };
 
 /// Source ports lab clients pick explicitly ([`Host::alloc_port`]); the kernel's own ephemeral

@@ -748,3 +748,10 @@ impl Predictor {
             .find(|&p| self.backend(client, p, frontend, frontend_port) == Some(want))
     }
 }
+
+/// Now, as Unix time in seconds: what `xlb services -o json` dates its census with.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

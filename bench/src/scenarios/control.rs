@@ -42,6 +42,7 @@ use lb_common::maps::{
 
 use crate::baseline::{self, SvcPort};
 use crate::lab::netns::xlb_pin_dir;
+use crate::lab::unix_now;
 use crate::lab::{
     EndpointDef, Lab, ManifestDir, ManifestSet, PortDef, ServiceDef, XlbOptions, XlbProcess,
     check_interrupted,
@@ -850,12 +851,6 @@ fn monotonic_ns() -> u64 {
     // SAFETY: valid pointer to a timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Where `xlb run` publishes its connection census for the datapath at `pin_dir`
