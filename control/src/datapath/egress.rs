@@ -19,7 +19,7 @@ use lb_common::maps::{
 
 use crate::{
     datapath::pins,
-    sys::{ethtool, netlink},
+    sys::{ethtool, links, netdev},
 };
 
 /// What the kernel says about an interface.
@@ -37,8 +37,8 @@ impl Probe {
     pub fn of(ifindex: u32, iface: &str) -> Probe {
         Probe {
             driver: ethtool::driver(iface).ok(),
-            attached: netlink::xdp_attached(ifindex).ok().flatten(),
-            features: netlink::xdp_features(ifindex).ok().flatten(),
+            attached: links::xdp_attached(ifindex).ok().flatten(),
+            features: netdev::xdp_features(ifindex).ok().flatten(),
         }
     }
 
@@ -55,7 +55,7 @@ pub fn choose(p: &Probe) -> IfaceValue {
         why: why as u8,
         _pad: 0,
     };
-    if p.attached == Some(netlink::XDP_ATTACHED_SKB) {
+    if p.attached == Some(links::XDP_ATTACHED_SKB) {
         return value(XDP_MODE_GENERIC, EGRESS_XDP_GENERIC, EgressWhy::Generic);
     }
     let native = |path, why| value(XDP_MODE_NATIVE, path, why);
@@ -63,10 +63,10 @@ pub fn choose(p: &Probe) -> IfaceValue {
         // The kernel says the peer has NAPI, from an XDP program or from GRO alone; in the lab
         // a GRO-only peer did not deliver the frames (sent, never received), so until the two
         // can be told apart a veth gets the skb path.
-        (Some(f), true) if f & netlink::XDP_ACT_NDO_XMIT != 0 => {
+        (Some(f), true) if f & netdev::XDP_ACT_NDO_XMIT != 0 => {
             native(EGRESS_TC_REDIRECT, EgressWhy::VethPeerUnverified)
         }
-        (Some(f), false) if f & netlink::XDP_ACT_NDO_XMIT != 0 => {
+        (Some(f), false) if f & netdev::XDP_ACT_NDO_XMIT != 0 => {
             native(EGRESS_XDP, EgressWhy::DriverXmit)
         }
         (Some(_), true) => native(EGRESS_TC_REDIRECT, EgressWhy::VethPeerNotReady),
@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn a_veth_whose_peer_takes_no_frames_uses_the_tc_path() {
         // BASIC | REDIRECT | RX_SG: what a veth reports when its peer has no XDP and no GRO.
-        let v = choose(&probe("veth", netlink::XDP_ATTACHED_DRV, Some(0x23)));
+        let v = choose(&probe("veth", links::XDP_ATTACHED_DRV, Some(0x23)));
         assert_eq!(
             (v.xdp_mode, v.path, why(v)),
             (
@@ -132,7 +132,7 @@ mod tests {
                 EgressWhy::VethPeerNotReady
             )
         );
-        let v = choose(&probe("veth", netlink::XDP_ATTACHED_DRV, Some(0x67)));
+        let v = choose(&probe("veth", links::XDP_ATTACHED_DRV, Some(0x67)));
         assert_eq!(
             (v.path, why(v)),
             (EGRESS_TC_REDIRECT, EgressWhy::VethPeerUnverified)
@@ -141,20 +141,20 @@ mod tests {
 
     #[test]
     fn without_xdp_features_only_veths_are_distrusted() {
-        let v = choose(&probe("veth", netlink::XDP_ATTACHED_DRV, None));
+        let v = choose(&probe("veth", links::XDP_ATTACHED_DRV, None));
         assert_eq!(
             (v.path, why(v)),
             (EGRESS_TC_REDIRECT, EgressWhy::VethUnknownPeer)
         );
-        let v = choose(&probe("mlx5_core", netlink::XDP_ATTACHED_DRV, None));
+        let v = choose(&probe("mlx5_core", links::XDP_ATTACHED_DRV, None));
         assert_eq!((v.path, why(v)), (EGRESS_XDP, EgressWhy::AssumedNative));
     }
 
     #[test]
     fn drivers_say_whether_they_transmit_xdp_frames() {
-        let v = choose(&probe("ixgbe", netlink::XDP_ATTACHED_DRV, Some(0x7)));
+        let v = choose(&probe("ixgbe", links::XDP_ATTACHED_DRV, Some(0x7)));
         assert_eq!((v.path, why(v)), (EGRESS_XDP, EgressWhy::DriverXmit));
-        let v = choose(&probe("somenic", netlink::XDP_ATTACHED_DRV, Some(0x3)));
+        let v = choose(&probe("somenic", links::XDP_ATTACHED_DRV, Some(0x3)));
         assert_eq!(
             (v.path, why(v)),
             (EGRESS_TC_REDIRECT, EgressWhy::DriverNoXmit)
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn generic_mode_sends_skbs() {
-        let v = choose(&probe("veth", netlink::XDP_ATTACHED_SKB, Some(0x23)));
+        let v = choose(&probe("veth", links::XDP_ATTACHED_SKB, Some(0x23)));
         assert_eq!(
             (v.xdp_mode, v.path, why(v)),
             (XDP_MODE_GENERIC, EGRESS_XDP_GENERIC, EgressWhy::Generic)

@@ -5,7 +5,7 @@ use lb_common::maps::{EgressWhy, IfaceValue, XDP_MODE_GENERIC, XDP_MODE_NATIVE, 
 
 use crate::{
     datapath::maps::Maps,
-    sys::{ethtool, netlink},
+    sys::{ethtool, links},
 };
 
 /// One interface as read now.
@@ -44,7 +44,7 @@ pub fn read(maps: &Maps) -> Vec<Iface> {
         .iter()
         .flatten()
         .map(|(ifindex, value)| {
-            let name = netlink::ifname(ifindex);
+            let name = links::ifname(ifindex);
             let xdp_errors = name
                 .as_deref()
                 .and_then(|n| ethtool::xdp_errors(n).ok())

@@ -1,6 +1,7 @@
-//! Link notifications of this network namespace (rtnetlink, `RTNLGRP_LINK`): how `xlb run`
-//! learns at once that an interface went away or came back, instead of finding out from lost
-//! traffic.
+//! The interfaces of this network namespace, over rtnetlink: the one request loop ([`ask`],
+//! also used by `neigh`), the interface list and an interface's XDP attachment, and the link
+//! notifications (`RTNLGRP_LINK`) by which `xlb run` learns at once that an interface went away
+//! or came back, instead of finding out from lost traffic.
 use std::io;
 
 use netlink_packet_core::{
@@ -8,7 +9,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -89,6 +90,60 @@ pub fn interfaces() -> io::Result<Vec<Interface>> {
             })
             .collect(),
     )
+}
+
+/// `XDP_ATTACHED_*` of `IFLA_XDP_ATTACHED`: how an XDP program is attached.
+pub const XDP_ATTACHED_DRV: u8 = 1;
+pub const XDP_ATTACHED_SKB: u8 = 2;
+pub const XDP_ATTACHED_HW: u8 = 3;
+pub const XDP_ATTACHED_MULTI: u8 = 4;
+/// Not the kernel's: attached in a mode this build cannot name.
+pub const XDP_ATTACHED_UNKNOWN: u8 = u8::MAX;
+
+/// The mode of the XDP program attached to interface `ifindex` (`XDP_ATTACHED_*`), or `None`.
+pub fn xdp_attached(ifindex: u32) -> io::Result<Option<u8>> {
+    let mut request = LinkMessage::default();
+    request.header.index = ifindex;
+    let answers = ask(RouteNetlinkMessage::GetLink(request), false)?;
+    let attached = answers
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        })
+        .flat_map(|l| &l.attributes)
+        .filter_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => Some(xdp),
+            _ => None,
+        })
+        .flatten()
+        .find_map(|x| match x {
+            LinkXdp::Attached(a) => Some(a),
+            _ => None,
+        });
+    Ok(match attached {
+        None | Some(XdpAttached::None) => None,
+        Some(XdpAttached::Driver) => Some(XDP_ATTACHED_DRV),
+        Some(XdpAttached::SocketBuffer) => Some(XDP_ATTACHED_SKB),
+        Some(XdpAttached::Hardware) => Some(XDP_ATTACHED_HW),
+        Some(XdpAttached::Multiple) => Some(XDP_ATTACHED_MULTI),
+        Some(XdpAttached::Other(mode)) => Some(*mode),
+        // A mode a later version of the crate names: attached all the same.
+        Some(_) => Some(XDP_ATTACHED_UNKNOWN),
+    })
+}
+
+/// The name of interface `ifindex` in this namespace, if it exists.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes the call may write.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Sends one request and collects the answers: every message of a dump, or the one answer.

@@ -7,4 +7,4 @@ pub mod ifaddrs;
 pub mod links;
 pub mod mmap;
 pub mod neigh;
-pub mod netlink;
+pub mod netdev;

@@ -1,16 +1,15 @@
-//! Two netlink questions about an interface, asked with one request each over a raw socket:
-//! * `RTM_GETLINK`: in which mode an XDP program is attached (`IFLA_XDP_ATTACHED`);
-//! * the generic netlink family `netdev` (Linux 6.3): the XDP actions its driver supports
-//!   (`NETDEV_A_DEV_XDP_FEATURES`). For a veth, `NETDEV_XDP_ACT_NDO_XMIT` says whether its peer
-//!   takes XDP frames (runs XDP or has GRO on), wherever that peer lives.
+//! The generic netlink family `netdev` (Linux 6.3): the XDP actions an interface's driver
+//! supports (`NETDEV_A_DEV_XDP_FEATURES`). For a veth, `NETDEV_XDP_ACT_NDO_XMIT` says whether
+//! its peer takes XDP frames (runs XDP or has GRO on), wherever that peer lives.
+//!
+//! Written here over a raw socket because no crate models this family (netlink-packet-generic
+//! knows only the controller, which resolves the family's id): two requests, a few attributes.
+//! Everything rtnetlink goes through netlink-packet-route in [`super::links`].
 use std::io;
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
-const RTM_GETLINK: u16 = 18;
-const IFLA_XDP: u16 = 43;
-const IFLA_XDP_ATTACHED: u16 = 2;
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
@@ -20,10 +19,6 @@ const NETDEV_A_DEV_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
-/// `XDP_ATTACHED_*` of `IFLA_XDP_ATTACHED`.
-pub const XDP_ATTACHED_DRV: u8 = 1;
-pub const XDP_ATTACHED_SKB: u8 = 2;
-pub const XDP_ATTACHED_HW: u8 = 3;
 /// `NETDEV_XDP_ACT_NDO_XMIT`: the driver transmits XDP frames redirected to it.
 pub const XDP_ACT_NDO_XMIT: u64 = 4;
 
@@ -133,28 +128,6 @@ fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
     a
 }
 
-/// The mode of the XDP program attached to interface `ifindex` (`XDP_ATTACHED_*`), or `None`.
-pub fn xdp_attached(ifindex: u32) -> io::Result<Option<u8>> {
-    let sock = Socket::open(libc::NETLINK_ROUTE)?;
-    // struct ifinfomsg { family, pad, type, index, flags, change }
-    let mut body = vec![0u8; 16];
-    body[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-    let answer = sock.ask(RTM_GETLINK, &body)?;
-    let Some(link_attrs) = answer.get(16..) else {
-        return Ok(None);
-    };
-    for (kind, payload) in attrs(link_attrs) {
-        if kind == IFLA_XDP {
-            for (k, p) in attrs(payload) {
-                if k == IFLA_XDP_ATTACHED && !p.is_empty() && p[0] != 0 {
-                    return Ok(Some(p[0]));
-                }
-            }
-        }
-    }
-    Ok(None)
-}
-
 /// The driver's XDP features of interface `ifindex` (`NETDEV_XDP_ACT_*` bits), or `None` on a
 /// kernel without the `netdev` family (before 6.3).
 pub fn xdp_features(ifindex: u32) -> io::Result<Option<u64>> {
@@ -180,19 +153,6 @@ pub fn xdp_features(ifindex: u32) -> io::Result<Option<u64>> {
         .into_iter()
         .find(|(k, p)| *k == NETDEV_A_DEV_XDP_FEATURES && p.len() >= 8)
         .map(|(_, p)| u64::from_ne_bytes(p[..8].try_into().unwrap())))
-}
-
-/// The name of interface `ifindex` in this namespace, if it exists.
-pub fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer has the IF_NAMESIZE bytes the call may write.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
