@@ -70,9 +70,20 @@ pub fn with_local_lab_options(
     options: impl FnOnce(&mut XlbOptions),
     test: impl FnOnce(&mut Local<'_, '_>) -> Result<()>,
 ) {
-    let lab = Lab::single_node().expect("building the lab");
+    with_local_lab_spec(LabSpec::single_node(), ServiceDef::web, options, test)
+}
+
+/// Like [`with_local_lab_options`] for a variant of the single-node lab (`spec`) and of the
+/// Service (`web`, given the spec: e.g. without a spare pod).
+pub fn with_local_lab_spec(
+    spec: LabSpec,
+    web: impl FnOnce(&LabSpec) -> ServiceDef,
+    options: impl FnOnce(&mut XlbOptions),
+    test: impl FnOnce(&mut Local<'_, '_>) -> Result<()>,
+) {
+    let lab = Lab::new(spec).expect("building the lab");
     let servers = PodServers::start(&lab, POD_PORT).expect("starting the pod servers");
-    let web = ServiceDef::web(lab.spec());
+    let web = web(lab.spec());
     let set = ManifestSet {
         services: vec![web.clone()],
         nodes: ManifestSet::nodes_of(lab.spec()),

@@ -180,14 +180,10 @@ struct ForwardArgs {
     /// Numbers of Services to program (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     services: Vec<u32>,
-    /// Paths to measure (comma-separated).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "xlb,iptables,nftables,ceiling"
-    )]
-    paths: Vec<Path>,
+    /// Paths to measure (comma-separated). Default: xlb,iptables,nftables,ceiling, and for the
+    /// `syn` mix also xlb-noguard (the SYN-flood guard off), so the run shows the guard's effect.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    paths: Option<Vec<Path>>,
     /// Rounds over all (Services, path) pairs; the median is reported.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
     rounds: u16,
@@ -493,7 +489,10 @@ fn forward_cmd(a: &ForwardArgs) -> Result<bool> {
     t.check()?;
     let mut opts = forward::ForwardOptions {
         lab: a.lab,
-        paths: a.paths.clone(),
+        paths: a
+            .paths
+            .clone()
+            .unwrap_or_else(|| forward::default_paths(t.mix)),
         services: a.services.clone(),
         mix: t.mix,
         flows: t.flows,

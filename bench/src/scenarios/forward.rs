@@ -131,6 +131,16 @@ impl Path {
     }
 }
 
+/// The paths `xlb-bench forward` measures unless told: xlb and its baselines, and in the `syn`
+/// mix xlb with the SYN-flood guard off as well, the guard's own baseline.
+pub fn default_paths(mix: Mix) -> Vec<Path> {
+    let mut paths = vec![Path::Xlb, Path::Iptables, Path::Nftables, Path::Ceiling];
+    if mix == Mix::Syn {
+        paths.insert(1, Path::XlbNoGuard);
+    }
+    paths
+}
+
 /// The lab a forward run measures on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -216,6 +226,82 @@ pub struct Run {
     /// Problems with the counts (empty when the run is correct).
     pub problems: Vec<String>,
     pub note: String,
+    /// xlb's SYN-flood guard over the measured window (xlb paths; on the multi-node lab,
+    /// edge-a's).
+    pub syn_guard: Option<GuardWindow>,
+}
+
+/// What xlb's SYN-flood guard did in a measured window: `xlb stats`' `syn_guard` and
+/// `conntrack_new`, after less before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GuardWindow {
+    /// `--syn-guard-rate` (0: off).
+    pub rate: u32,
+    /// Seconds (per CPU) in which the guard engaged.
+    pub trips: u64,
+    /// SYNs forwarded without a conntrack write.
+    pub skipped: u64,
+    /// New flows recorded in conntrack.
+    pub recorded: u64,
+}
+
+impl GuardWindow {
+    fn since(&self, before: &GuardWindow) -> GuardWindow {
+        GuardWindow {
+            rate: self.rate,
+            trips: self.trips.saturating_sub(before.trips),
+            skipped: self.skipped.saturating_sub(before.skipped),
+            recorded: self.recorded.saturating_sub(before.recorded),
+        }
+    }
+}
+
+/// The guard's reading of the xlb that receives the traffic (none for the other paths).
+fn guard_reading(setup: &Setup<'_>, edge: &str) -> Result<Option<GuardWindow>> {
+    let x = match setup {
+        Setup::Xlb(x) => &**x,
+        Setup::XlbCluster(c) => c.node(edge),
+        _ => return Ok(None),
+    };
+    let st = x.stats()?;
+    let g = st
+        .syn_guard
+        .context("`xlb stats -o json` has no syn_guard")?;
+    Ok(Some(GuardWindow {
+        rate: g.rate,
+        trips: g.trips,
+        skipped: g.skipped,
+        recorded: st.counters.get("conntrack_new").copied().unwrap_or(0),
+    }))
+}
+
+/// What is wrong with the guard's window: it must never skip when off, and must engage when
+/// on and every CPU's share of the new flows was above its rate (a per-CPU window may start
+/// anywhere, so two windows of slack).
+pub fn guard_problems(
+    g: &GuardWindow,
+    mix: Mix,
+    new_flows: u64,
+    elapsed_s: f64,
+    cpus: usize,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    if g.rate == 0 && (g.skipped != 0 || g.trips != 0) {
+        p.push(format!(
+            "the guard is off but skipped {} SYNs in {} trips",
+            g.skipped, g.trips
+        ));
+    }
+    let above = g.rate as f64 * cpus.max(1) as f64 * (elapsed_s + 2.0);
+    if mix == Mix::Syn && g.rate > 0 && new_flows as f64 > above && (g.trips == 0 || g.skipped == 0)
+    {
+        p.push(format!(
+            "{new_flows} new flows in {elapsed_s:.1} s on {cpus} CPUs, above the guard's {} per \
+             second per CPU, but it never engaged",
+            g.rate
+        ));
+    }
+    p
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -788,6 +874,7 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
     let before = sinks.total()?;
     let pods_before = sinks.per_pod()?;
     let counters_before = path_counters(&setup, node.name(), path)?;
+    let guard_before = guard_reading(&setup, node.name())?;
     let r = generator.run(
         client,
         UPLINK,
@@ -866,6 +953,19 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
             ));
         }
     }
+    let syn_guard = match (guard_reading(&setup, node.name())?, guard_before) {
+        (Some(after), Some(before)) => Some(after.since(&before)),
+        _ => None,
+    };
+    if let Some(g) = &syn_guard {
+        problems.extend(guard_problems(
+            g,
+            opts.mix,
+            delivered.packets,
+            r.elapsed.as_secs_f64(),
+            crate::traffic::num_cpus(),
+        ));
+    }
     if opts.pace.is_some() {
         // Paced runs must lose nothing, and every pod must get its share.
         if delivered.packets != r.sent {
@@ -929,6 +1029,7 @@ fn measure(path: Path, n: u32, round: usize, opts: &ForwardOptions) -> Result<Ru
         per_pod,
         problems,
         note,
+        syn_guard,
     })
 }
 
@@ -965,6 +1066,7 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
                     per_pod: vec![],
                     problems: vec![format!("{e:#}")],
                     note: String::new(),
+                    syn_guard: None,
                 });
                 eprintln!(
                     "{} pkt/s delivered (setup {:.1} s){}",
@@ -1048,7 +1150,7 @@ pub fn print(rep: &ForwardReport) {
         rep.machine.cpus
     );
     say!(
-        "{:>9}  {:<9} {:>13} {:>11} {:>7} {:>9}  {}",
+        "{:>9}  {:<11} {:>13} {:>11} {:>7} {:>9}  {}",
         "Services",
         "path",
         "delivered/s",
@@ -1064,7 +1166,7 @@ pub fn print(rep: &ForwardReport) {
             0.0
         };
         say!(
-            "{:>9}  {:<9} {:>13} {:>11} {:>6.1}% {:>9.1}  {}",
+            "{:>9}  {:<11} {:>13} {:>11} {:>6.1}% {:>9.1}  {}",
             r.services,
             r.path.name(),
             si(r.delivered_pps),
@@ -1077,6 +1179,25 @@ pub fn print(rep: &ForwardReport) {
                 r.problems.join("; ")
             }
         );
+    }
+    if o.mix == Mix::Syn {
+        for r in &rep.runs {
+            if let Some(g) = &r.syn_guard {
+                say!(
+                    "{:>9}  {:<11} SYN guard {}: {} trips, {} SYNs without a conntrack write, {} new flows recorded",
+                    r.services,
+                    r.path.name(),
+                    if g.rate == 0 {
+                        "off".to_string()
+                    } else {
+                        format!("at {}/s per CPU", g.rate)
+                    },
+                    g.trips,
+                    g.skipped,
+                    g.recorded
+                );
+            }
+        }
     }
     if !rep.ratios.is_empty() {
         say!("ratios (median delivered packets/s, same run):");
@@ -1111,6 +1232,44 @@ pub fn print(rep: &ForwardReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_syn_mix_measures_the_guard_against_no_guard_by_default() {
+        assert!(default_paths(Mix::Syn).contains(&Path::XlbNoGuard));
+        assert!(default_paths(Mix::Syn).contains(&Path::Xlb));
+        assert!(!default_paths(Mix::Established).contains(&Path::XlbNoGuard));
+        assert_eq!(default_paths(Mix::Udp).len(), 4);
+    }
+
+    #[test]
+    fn guard_problems_flag_a_guard_that_never_engaged_or_skipped_while_off() {
+        let on = |trips, skipped| GuardWindow {
+            rate: 50_000,
+            trips,
+            skipped,
+            recorded: 1,
+        };
+        // 3 s on 2 CPUs: engaging is required above 50,000 x 2 x 5 new flows.
+        assert!(guard_problems(&on(0, 0), Mix::Syn, 400_000, 3.0, 2).is_empty());
+        assert_eq!(
+            guard_problems(&on(0, 0), Mix::Syn, 600_000, 3.0, 2).len(),
+            1
+        );
+        assert_eq!(
+            guard_problems(&on(3, 0), Mix::Syn, 600_000, 3.0, 2).len(),
+            1
+        );
+        assert!(guard_problems(&on(3, 9), Mix::Syn, 600_000, 3.0, 2).is_empty());
+        // Established traffic makes no new flows to speak of.
+        assert!(guard_problems(&on(0, 0), Mix::Established, 600_000, 3.0, 2).is_empty());
+        let off = |skipped| GuardWindow {
+            rate: 0,
+            skipped,
+            ..GuardWindow::default()
+        };
+        assert!(guard_problems(&off(0), Mix::Syn, 600_000, 3.0, 2).is_empty());
+        assert_eq!(guard_problems(&off(1), Mix::Syn, 600_000, 3.0, 2).len(), 1);
+    }
 
     #[test]
     fn file_names_distinguish_lab_mix_and_quick() {

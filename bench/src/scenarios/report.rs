@@ -160,6 +160,7 @@ pub fn markdown(dir: &Path) -> String {
             .unwrap();
         }
         writeln!(md, "\n![packets/s against Services](bench/{svg})\n").unwrap();
+        guard_markdown(&mut md, &fw);
         if s(o, "mix") != "established" {
             continue;
         }
@@ -252,6 +253,66 @@ pub fn markdown(dir: &Path) -> String {
         md.push('\n');
     }
     md
+}
+
+/// The SYN-flood guard's table of a forward file that measured `xlb-noguard` too: xlb at its
+/// default rate against xlb with the guard off, and how many SYNs the guard let through
+/// without a conntrack write (medians over the rounds).
+fn guard_markdown(md: &mut String, fw: &Value) {
+    let meds = fw["medians"].as_array().cloned().unwrap_or_default();
+    let get = |p: &str, n: u64| {
+        meds.iter()
+            .find(|m| m[0] == p && m[1].as_u64() == Some(n))
+            .and_then(|m| m[2].as_f64())
+    };
+    let runs = fw["runs"].as_array().cloned().unwrap_or_default();
+    let guard_median = |p: &str, n: u64, k: &str| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r["path"] == p && r["services"].as_u64() == Some(n))
+            .filter_map(|r| r["syn_guard"][k].as_f64())
+            .collect();
+        (!v.is_empty()).then(|| crate::scenarios::median(&v))
+    };
+    let services: Vec<u64> = fw["options"]["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .filter(|&n| get("xlb-noguard", n).is_some())
+        .collect();
+    if services.is_empty() {
+        return;
+    }
+    let rate = runs
+        .iter()
+        .find(|r| r["path"] == "xlb")
+        .and_then(|r| r["syn_guard"]["rate"].as_u64());
+    writeln!(
+        md,
+        "SYN-flood guard, same run: `xlb` (guard at {} new flows/s per CPU) against `xlb-noguard` (`--syn-guard-rate 0`: every SYN writes its conntrack entry).\n\n| Services | guard on Mpps | guard off Mpps | on / off | trips | SYNs without a conntrack write | recorded |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        rate.map_or("its default".into(), |r| r.to_string())
+    )
+    .unwrap();
+    for n in services {
+        let cell = |p: &str| get(p, n).map(mpps).unwrap_or_else(|| "-".into());
+        let count = |k: &str| guard_median("xlb", n, k).map_or("-".into(), |v| format!("{v:.0}"));
+        let ratio = match (get("xlb", n), get("xlb-noguard", n)) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        writeln!(
+            md,
+            "| {n} | {} | {} | {ratio} | {} | {} | {} |",
+            cell("xlb"),
+            cell("xlb-noguard"),
+            count("trips"),
+            count("skipped"),
+            count("recorded")
+        )
+        .unwrap();
+    }
+    md.push('\n');
 }
 
 const PATHS: [&str; 4] = ["xlb", "iptables", "nftables", "ceiling"];
@@ -771,6 +832,44 @@ mod tests {
         assert!(svg.contains("pods (established mix)"), "{svg}");
         assert!(dir.join("bench/forward-dsr-syn.svg").exists());
         assert!(!dir.join("bench/forward-dsr-udp.svg").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn syn_files_with_the_guard_off_get_the_guard_table() {
+        let dir = std::env::temp_dir().join(format!("xlb-report-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |path: &str, rate: u64, skipped: u64| {
+            serde_json::json!({"path": path, "services": 1,
+                "syn_guard": {"rate": rate, "trips": 3, "skipped": skipped, "recorded": 100}})
+        };
+        let fw = serde_json::json!({
+            "machine": {"cpus": 2, "cpu_model": "x", "memory_gib": 24.0, "kernel": "6.18", "unix_time": 0},
+            "options": {"mix": "syn", "flows": 10, "frame_size": 64, "seconds": 1.0, "rounds": 1, "services": [1, 1000]},
+            "iptables": "iptables v1", "nft": "nftables v1",
+            "medians": [["xlb", 1, 400000.0], ["xlb-noguard", 1, 200000.0], ["xlb", 1000, 300000.0]],
+            "runs": [run("xlb", 50000, 900), run("xlb-noguard", 0, 0)],
+        });
+        std::fs::write(dir.join("forward-syn.json"), fw.to_string()).unwrap();
+        let text = markdown(&dir);
+        assert!(
+            text.contains("`xlb` (guard at 50000 new flows/s per CPU)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 1 | 0.400 | 0.200 | 2.00 | 3 | 900 | 100 |"),
+            "{text}"
+        );
+        // No guard-off figure at 1000 Services: no row.
+        let guard = &text[text.find("SYN-flood guard").unwrap()..];
+        assert!(!guard.contains("| 1000 |"), "{text}");
+        // An established file has no such table.
+        std::fs::remove_file(dir.join("forward-syn.json")).unwrap();
+        let mut est = fw.clone();
+        est["options"]["mix"] = "established".into();
+        est["medians"] = serde_json::json!([["xlb", 1, 400000.0]]);
+        std::fs::write(dir.join("forward.json"), est.to_string()).unwrap();
+        assert!(!markdown(&dir).contains("SYN-flood guard"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
