@@ -3,8 +3,10 @@
 //! * `latency`: a cluster of `--services` Services × `--endpoints` endpoints is synced from the
 //!   fake API server (`tests/kube_fake`) into the real programs (private maps), then
 //!   `--changes` EndpointSlice changes are made one after another; for each, the time from the
-//!   API server committing it to `Reconciler::apply` returning with it in the maps, through
-//!   `xlb run`'s own path (HTTP watch → KubeConfigSource → Compiler::update → Reconciler::apply).
+//!   API server committing it to `Reconciler::apply_changed` returning with it in the maps,
+//!   through `xlb run`'s own path (HTTP watch → KubeConfigSource → Compiler::update →
+//!   `check_capacity` → `Reconciler::apply_tunnel` → `Reconciler::apply_changed`), and then
+//!   the time `xlb run` spends writing its state file for the CLI (the snapshot as JSON).
 //! * `full-sync`: the real `xlb run --kubeconfig` (release build, `$XLB_BIN` or next to this
 //!   bench) in a scratch network namespace on a veth interface (generic XDP), the fake API
 //!   server holding `--services` × `--endpoints` inside that namespace: seconds from start to
@@ -153,25 +155,44 @@ fn latency(services: usize, endpoints: usize, changes: usize, table_size: u32) {
         table_size,
         extra_local_addrs: vec![],
     };
-    let mut program =
-        |source: &mut KubeConfigSource, timeout: Duration| -> Option<(Duration, Duration)> {
-            match source.poll(timeout) {
-                Poll::Changed { changes, since, .. } => {
-                    let t = Instant::now();
-                    compiler.update(source.state(), &node, &changes);
-                    let compiled = t.elapsed();
-                    let plan = compiler.plan();
-                    rec.check_capacity(plan, compiler.last_touched()).unwrap();
-                    rec.apply_changed(plan, compiler.last_touched()).unwrap();
-                    let _ = since;
-                    Some((compiled, t.elapsed() - compiled))
-                }
-                Poll::Unchanged => None,
-                Poll::Failed(e) => panic!("{e}"),
+    // `xlb run`'s state file (under /run/xlb, named after this scratch directory).
+    let mut state = xlb::daemon::state::StateWriter::default();
+    let state_dir = xlb::datapath::pins::state_file(&dir)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // As `xlb run`'s `program`: the tunnel settings, the compile, the capacity check, the
+    // tunnel apply, the apply; then the state file. Returns (compile, apply, state file, when
+    // the apply returned).
+    let mut program = |source: &mut KubeConfigSource,
+                       timeout: Duration|
+     -> Option<(Duration, Duration, Duration, Instant)> {
+        match source.poll(timeout) {
+            Poll::Changed { changes, .. } => {
+                let t = Instant::now();
+                let tunnel = xlb::compile::tunnel::tunnel_plan(
+                    source.state(),
+                    &node.node_name,
+                    lb_common::maps::GENEVE_PORT,
+                    &[],
+                );
+                compiler.update(source.state(), &node, &changes);
+                let compiled = t.elapsed();
+                let plan = compiler.plan();
+                rec.check_capacity(plan, compiler.last_touched()).unwrap();
+                rec.apply_tunnel(&tunnel).unwrap();
+                rec.apply_changed(plan, compiler.last_touched()).unwrap();
+                let done = Instant::now();
+                let applied = done - t - compiled;
+                state.write(&dir, rec.snapshot()).unwrap();
+                Some((compiled, applied, done.elapsed(), done))
             }
-        };
+            Poll::Unchanged => None,
+            Poll::Failed(e) => panic!("{e}"),
+        }
+    };
     let start = Instant::now();
-    let (first_compile, first_apply) = loop {
+    let (first_compile, first_apply, _, _) = loop {
         if let Some(t) = program(&mut source, Duration::from_secs(1)) {
             break t;
         }
@@ -188,6 +209,7 @@ fn latency(services: usize, endpoints: usize, changes: usize, table_size: u32) {
     let mut total = Vec::with_capacity(changes);
     let mut compile_t = Vec::with_capacity(changes);
     let mut apply_t = Vec::with_capacity(changes);
+    let mut state_t = Vec::with_capacity(changes);
     let mut state_x = 0u64;
     for c in 0..changes {
         // A pseudo-random Service gets one endpoint moved to a new pod.
@@ -198,17 +220,18 @@ fn latency(services: usize, endpoints: usize, changes: usize, table_size: u32) {
         let rv = server.apply(&service_slice(i, endpoints, pool, 1 + c));
         let emitted = server.emitted_at(rv).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (compiled, applied) = loop {
+        let (compiled, applied, state, done) = loop {
             if let Some(t) = program(&mut source, Duration::from_secs(1)) {
                 break t;
             }
             assert!(Instant::now() < deadline, "change {c} never arrived");
         };
-        total.push(emitted.elapsed());
+        total.push(done - emitted);
         compile_t.push(compiled);
         apply_t.push(applied);
+        state_t.push(state);
     }
-    for v in [&mut total, &mut compile_t, &mut apply_t] {
+    for v in [&mut total, &mut compile_t, &mut apply_t, &mut state_t] {
         v.sort();
     }
     println!(
@@ -230,6 +253,11 @@ fn latency(services: usize, endpoints: usize, changes: usize, table_size: u32) {
         ms(percentile(&apply_t, 99.0)),
     );
     println!(
+        "  then the state file: p50 {:.2} ms, p99 {:.2} ms",
+        ms(percentile(&state_t, 50.0)),
+        ms(percentile(&state_t, 99.0)),
+    );
+    println!(
         "{}",
         serde_json::json!({
             "figure": "endpointslice_change_to_maps",
@@ -239,11 +267,14 @@ fn latency(services: usize, endpoints: usize, changes: usize, table_size: u32) {
             "compile_p50_ms": ms(percentile(&compile_t, 50.0)),
             "apply_p50_ms": ms(percentile(&apply_t, 50.0)),
             "apply_p99_ms": ms(percentile(&apply_t, 99.0)),
+            "state_p50_ms": ms(percentile(&state_t, 50.0)),
+            "state_p99_ms": ms(percentile(&state_t, 99.0)),
             "first_sync_s": first_sync.as_secs_f64(),
         })
     );
     drop(source);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&state_dir);
 }
 
 /// A scratch network namespace with a veth pair; removed on drop.

@@ -184,3 +184,118 @@ fn kernel_pick_matches_the_model_with_wide_slots() {
     let f = kernel_follows_the_model(&[(n, MAGLEV_MAX_TABLE_SIZE), (3, 16_381)], 256);
     assert_eq!(f.counter(Reason::DropNoTable), 0);
 }
+
+/// The Service port `name` of `plan`.
+fn port_mut<'p>(plan: &'p mut DatapathPlan, name: &str) -> &'p mut ServicePlan {
+    plan.services
+        .iter_mut()
+        .find(|(k, _)| k.to_string() == name)
+        .map(|(_, s)| s)
+        .unwrap()
+}
+
+/// The words of `name`'s inner map and that map's kernel id.
+fn live_table(f: &Fixture, name: &str) -> (Vec<u32>, u32) {
+    let sid = f
+        .rec
+        .snapshot()
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap()
+        .service_id;
+    let inner = f.rec.maps.maglev.get(&sid, 0).unwrap();
+    let id = aya::maps::IterableMap::map(&inner).info().unwrap().id();
+    (maglev_map::read(&inner).unwrap(), id)
+}
+
+/// A changed table whose size M and layout stay is rewritten in place (the same inner map),
+/// and the result is byte for byte the table a swap programs: two datapaths follow the same
+/// changes, one patching and one swapping every changed table. The changes: a pod replaced
+/// by one that sorts elsewhere (every ordinal after it moves), a pod draining (weight 0), a pod
+/// gone (the list shrinks), one added (it grows). Then a size change (a step of the ladder)
+/// still swaps. After each step the kernel picks the model's pod.
+#[test]
+fn an_in_place_update_programs_the_table_a_swap_programs() {
+    let name = "default/web:http/TCP";
+    let vip = Ipv4Addr::new(198, 19, 2, 1);
+    let mut patching = Fixture::new(&manifest(&PODS, &[]));
+    let mut swapping = Fixture::new(&manifest(&PODS, &[]));
+    swapping.rec.set_patch_tables(false);
+    let mut plan = patching.plan.clone();
+    let (k, s) = service("web", vip, 10, 16_381);
+    assert_eq!(s.table_size, 1_021);
+    plan.services.insert(k, s);
+
+    let pod = |i: u32| Ipv4Addr::from(0xC612_4000 + i);
+    type Step = (&'static str, fn(&mut ServicePlan, &dyn Fn(u32) -> Ipv4Addr));
+    let steps: [Step; 6] = [
+        ("first", |_, _| {}),
+        ("a pod replaced", |s, pod| s.backends[3].addr = pod(200)),
+        ("a pod draining", |s, _| s.backends[5].weight = 0),
+        ("a pod gone", |s, _| {
+            s.backends.remove(7);
+        }),
+        ("a pod added", |s, pod| {
+            let mut b = s.backends[0].clone();
+            b.addr = pod(100);
+            s.backends.push(b);
+        }),
+        ("a step of the ladder", |s, pod| {
+            for i in 300..305 {
+                let mut b = s.backends[0].clone();
+                b.addr = pod(i);
+                s.backends.push(b);
+            }
+        }),
+    ];
+    let mut last_id = None;
+    for (i, (what, change)) in steps.iter().enumerate() {
+        let svc = port_mut(&mut plan, name);
+        change(svc, &pod);
+        // As the compiler lists them: canonical (address, port) order.
+        svc.backends.sort_by_key(|b| (b.addr, b.port));
+        svc.table_size = table_size_for(&svc.maglev_backends(), 16_381);
+        let m = svc.table_size;
+        let mut reports = vec![];
+        for f in [&mut patching, &mut swapping] {
+            reports.push(f.rec.apply(&plan).expect(what));
+            f.plan = plan.clone();
+        }
+        let (patched, swapped) = (live_table(&patching, name), live_table(&swapping, name));
+        assert_eq!(patched.0, swapped.0, "{what}: the two tables differ");
+        assert_eq!(patched.0[0], m, "{what}");
+        let resized = i == steps.len() - 1;
+        if i == 0 || resized {
+            assert_eq!(m, if resized { 2_039 } else { 1_021 }, "{what}");
+            assert_eq!(
+                (reports[0].tables_swapped, reports[0].tables_patched),
+                (1, 0)
+            );
+            assert_ne!(Some(patched.1), last_id, "{what}: not a new inner map");
+        } else {
+            assert_eq!(m, 1_021, "{what}");
+            assert_eq!(
+                (reports[0].tables_swapped, reports[0].tables_patched),
+                (0, 1),
+                "{what}: {:?}",
+                reports[0]
+            );
+            assert_eq!(Some(patched.1), last_id, "{what}: not the same inner map");
+        }
+        assert_eq!(
+            (reports[1].tables_swapped, reports[1].tables_patched),
+            (1, 0)
+        );
+        last_id = Some(patched.1);
+        // New ports each step: a port used before would follow its conntrack entry.
+        let first_port = 30_000 + 100 * i as u16;
+        for sport in first_port..first_port + 64 {
+            let (act, out) = patching.xdp(&tcp(CLIENT, sport, vip, 80, true));
+            assert_eq!(act, XDP_PASS, "{what}: sport {sport}");
+            let want = patching.predict(name, CLIENT, sport, vip.octets(), 80, 6);
+            assert_eq!(dst(&out), want, "{what}: sport {sport}");
+        }
+    }
+    assert_eq!(patching.counter(Reason::DropNoBackend), 0);
+}

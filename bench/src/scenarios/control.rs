@@ -14,8 +14,8 @@
 //!   dotfile renamed into place, or one file removed), timed from just before the rename to the
 //!   moment the change is visible in the maps: *add* (a new Service: its frontend key appears
 //!   with a table), *remove* (that Service: its key disappears) and *scale* (one endpoint added
-//!   to an existing Service: the Maglev table at its service index is swapped for a new one, so
-//!   the inner map id there changes). xlb finds changes by polling a fingerprint of the files
+//!   to an existing Service: the Maglev table at its service index lists one more backend,
+//!   whether it was swapped for a new inner map, a new size, or rewritten in place). xlb finds changes by polling a fingerprint of the files
 //!   every `--poll-ms`, so that interval is part of every latency (changes are written at a
 //!   random phase of it). Before the next change, xlb's log must show the change's generation
 //!   programmed.
@@ -440,6 +440,26 @@ impl Probe {
             }
         };
         Ok(Some(table.info()?.id()))
+    }
+
+    /// The Maglev table at `service_id` as (inner map id, backends it lists), `None` for an
+    /// empty slot: a table rewritten in place keeps its id.
+    fn table_state(&self, service_id: u32) -> Result<Option<(u32, u32)>> {
+        let table = match self.maglev.get(&service_id, 0) {
+            Ok(table) => table,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("looking up {MAP_MAGLEV}[{service_id}]"));
+            }
+        };
+        let id = table.info()?.id();
+        let table: aya::maps::Array<MapData, [u32; 2]> =
+            aya::maps::Array::try_from(Map::from_map_data(table)?)
+                .context("a Maglev table is not an array")?;
+        let header = table
+            .get(&0, 0)
+            .context("reading a Maglev table's header")?;
+        Ok(Some((id, header[1])))
     }
 
     /// The Service at `vip` is programmed: frontend present and its table in place. Returns
@@ -1181,9 +1201,12 @@ fn run_changes(
                 }
                 ChangeKind::Scale => {
                     let s = ((round as u64 * 7919 + n as u64 / 2) % n as u64) as usize;
-                    let (v, old) = probe
-                        .programmed(front(&svcs[s]))?
+                    let v = probe
+                        .frontend(front(&svcs[s]))?
                         .with_context(|| format!("{} is not programmed", svcs[s].name))?;
+                    let (old, listed) = probe
+                        .table_state(v.service_id)?
+                        .with_context(|| format!("{} has no table", svcs[s].name))?;
                     let ep = fresh(&svcs[s].name);
                     svcs[s].endpoints.push(ep);
                     written = write_atomically(
@@ -1193,10 +1216,16 @@ fn run_changes(
                     )?;
                     service = svcs[s].name.clone();
                     what = format!(
-                        "a new Maglev table for {service} ({MAP_MAGLEV}[{}] was map id {old})",
+                        "a Maglev table listing {} backends for {service} ({MAP_MAGLEV}[{}] was \
+                         map id {old} listing {listed})",
+                        listed + 1,
                         v.service_id
                     );
-                    Box::new(move || Ok(probe.table(v.service_id)?.is_some_and(|id| id != old)))
+                    Box::new(move || {
+                        Ok(probe
+                            .table_state(v.service_id)?
+                            .is_some_and(|(_, n)| n == listed + 1))
+                    })
                 }
             };
             let at = poll_until(xlb, change_timeout, &what, &mut *seen)

@@ -3,3 +3,4 @@
 pub mod hops;
 pub mod links;
 pub mod run;
+pub mod state;

@@ -1,7 +1,6 @@
 //! `xlb run` and `xlb down`: the process that keeps the datapath programmed.
 use std::{
     collections::BTreeSet,
-    fs,
     net::TcpListener,
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,6 +18,7 @@ use crate::{
     compile::plan::NodeIdentity,
     daemon::hops::HopWatch,
     daemon::links::LinkWatch,
+    daemon::state::StateWriter,
     datapath::capacity::Capacity,
     datapath::conntrack,
     datapath::loader,
@@ -104,6 +104,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         failed_at: None,
         warned: BTreeSet::new(),
         last_sweep: Instant::now(),
+        state_file: StateWriter::default(),
     };
     while !STOP.load(Ordering::SeqCst) {
         daemon.tick();
@@ -408,6 +409,8 @@ struct Daemon {
     /// The plan's warnings as last logged.
     warned: BTreeSet<String>,
     last_sweep: Instant,
+    /// Writes the state file for the CLI, serialising only the changed Service ports.
+    state_file: StateWriter,
 }
 
 impl Daemon {
@@ -429,6 +432,7 @@ impl Daemon {
                 &mut self.compiler,
                 &mut self.reconciler,
                 &self.pin_dir,
+                &mut self.state_file,
             ) {
                 Ok((report, applied)) => {
                     let took = started.elapsed();
@@ -506,6 +510,7 @@ impl Daemon {
             frontends_written = report.frontends_written,
             frontends_removed = report.frontends_removed,
             tables_swapped = report.tables_swapped,
+            tables_patched = report.tables_patched,
             backends_written = report.backends_written,
             backends_released = report.backends_released,
             backends_draining = report.backends_draining,
@@ -550,6 +555,7 @@ fn program(
     compiler: &mut Compiler,
     reconciler: &mut Reconciler,
     pin_dir: &Path,
+    state_file: &mut StateWriter,
 ) -> anyhow::Result<(ApplyReport, Duration)> {
     let mut extra = Vec::new();
     for iface in &args.ifaces {
@@ -574,20 +580,8 @@ fn program(
     }
     let report = reconciler.apply_changed(compiler.plan(), touched.as_ref())?;
     let applied = applying.elapsed();
-    write_state(pin_dir, reconciler)?;
+    state_file.write(pin_dir, reconciler.snapshot())?;
     Ok((report, applied))
-}
-
-fn write_state(pin_dir: &Path, reconciler: &Reconciler) -> anyhow::Result<()> {
-    let path = pins::state_file(pin_dir);
-    let dir = path.parent().context("state file has no parent")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    // Compact: it is rewritten after every change, so its size is paid every time;
-    // `xlb services -o json` is the readable view.
-    fs::write(&tmp, serde_json::to_vec(reconciler.snapshot())?)?;
-    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 fn sweep(reconciler: &mut Reconciler, status: &RunStatus) -> anyhow::Result<()> {

@@ -1,8 +1,11 @@
 //! Applies a [`DatapathPlan`] to the maps, writing only the difference.
 //!
-//! Order matters so that a packet never sees a mixed state: backends are written before any
-//! table points at them, a Service's new Maglev table is a fresh inner map swapped in with one
-//! update of `XLB_MAGLEV`, frontends are added after their table and removed before anything they
+//! Order matters so that a packet never sees a dangling reference: backends are written before
+//! any table points at them; a Service's changed Maglev table is rewritten in place when its
+//! size and layout stay (only the changed words, ordered so that every slot resolves to a
+//! programmed backend: [`maglev_map::patch_writes`]), and is otherwise a fresh inner map swapped
+//! in with one update of `XLB_MAGLEV` (which costs an RCU grace period); frontends are added
+//! after their table and removed before anything they
 //! reference, and backends that left the plan stay readable while conntrack still points at
 //! them (their open connections keep working; they get no new flows since no table has them).
 //!
@@ -16,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{IterableMap, MapError};
+use aya::maps::{ArrayOfMaps, IterableMap, MapData, MapError};
 use lb_common::maps::*;
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +41,10 @@ fn be(addr: Ipv4Addr) -> u32 {
 pub struct ApplyReport {
     pub frontends_written: usize,
     pub frontends_removed: usize,
+    /// Tables replaced by a new inner map (a new size or layout, or a new Service port).
     pub tables_swapped: usize,
+    /// Tables rewritten in place, only their changed words (same size and layout).
+    pub tables_patched: usize,
     pub backends_written: usize,
     pub backends_released: usize,
     pub backends_draining: usize,
@@ -120,10 +126,13 @@ pub struct Reconciler {
     service_alloc: Ids,
     /// Frontend ids in use.
     frontend_alloc: Ids,
-    /// Fingerprint of each Service port's table as the maps hold it (its encoded words: header,
-    /// backend ids, slots). Not a copy: M slots per Service port would be most of the process's
-    /// memory.
-    tables: HashMap<u32, u64>,
+    /// Fingerprint and length of each Service port's table as the maps hold it (its encoded
+    /// words: header, backend ids, slots). Not a copy: M slots per Service port would be most of
+    /// the process's memory.
+    tables: HashMap<u32, TableMark>,
+    /// Whether a changed table of unchanged size and layout is rewritten in place (else every
+    /// change swaps in a new inner map).
+    patch_tables: bool,
     src_ranges: HashSet<(u32, u32, u8)>,
     local_addrs: HashSet<u32>,
     nodes: HashSet<u32>,
@@ -151,6 +160,12 @@ pub struct Reconciler {
     capacity: Capacity,
     /// Non-zero `XLB_PORTS` entries as written (port in host order).
     port_bits: HashMap<u16, u32>,
+    /// Per port (host order), how many programmed frontends set each frontend bit of
+    /// `XLB_PORTS` (bit `i` of [`port_flags`] counted in `[i]`): a change recomputes the bits
+    /// of its own ports only.
+    port_users: HashMap<u16, [u32; PORT_USER_BITS]>,
+    /// Ports that lost a frontend since their `XLB_PORTS` entry was last written.
+    ports_dirty: BTreeSet<u16>,
     snapshot: Snapshot,
     /// Each Service port's part of the snapshot, kept so that an apply rebuilds only the
     /// touched ones (counting slots is a pass over the table).
@@ -198,7 +213,7 @@ impl Reconciler {
             match maps.maglev.get(&v.service_id, 0) {
                 Ok(inner) => {
                     let words = maglev_map::read(&inner)?;
-                    tables.insert(v.service_id, fingerprint(&words));
+                    tables.insert(v.service_id, TableMark::of(&words));
                 }
                 Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).context("reading XLB_MAGLEV"),
@@ -246,6 +261,10 @@ impl Reconciler {
             },
         )
         .context("reading XLB_LOCAL_BACKENDS")?;
+        let mut port_users = HashMap::new();
+        for k in frontends.keys() {
+            count_port_user(&mut port_users, k, true);
+        }
         Ok(Self {
             maps,
             backend_alloc: Ids::new(capacity.backends, backends.keys().copied()),
@@ -258,6 +277,7 @@ impl Reconciler {
             backend_ids,
             backends,
             tables,
+            patch_tables: true,
             src_ranges,
             local_addrs,
             nodes,
@@ -272,6 +292,8 @@ impl Reconciler {
             config,
             capacity,
             port_bits: HashMap::new(),
+            port_users,
+            ports_dirty: BTreeSet::new(),
             snapshot: Snapshot::default(),
             snapshot_parts: BTreeMap::new(),
         })
@@ -279,6 +301,12 @@ impl Reconciler {
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// With `false`, every changed table is swapped in as a new inner map, as before tables
+    /// were rewritten in place: for tests and benchmarks that compare the two.
+    pub fn set_patch_tables(&mut self, on: bool) {
+        self.patch_tables = on;
     }
 
     /// The capacities of the maps being written.
@@ -354,10 +382,16 @@ impl Reconciler {
                     .map(move |f| frontend_key(f.addr, f.port, key.protocol.number()))
             })
             .collect::<Vec<_>>();
-        self.sync_ports(&planned, true)?;
+        self.add_port_bits(&planned, None)?;
         let want_frontends = self.write_frontends(plan, &fresh, &mut report)?;
         self.remove_frontends(&keys, &want_frontends, full, &mut report)?;
-        self.sync_ports(&[], false)?;
+        // Only the ports that lost a frontend can lose a bit; a full apply looks at every port
+        // (an adopted map, or bits added for frontends a failed apply never wrote).
+        let mut recheck = std::mem::take(&mut self.ports_dirty);
+        if full {
+            recheck.extend(self.port_bits.keys().chain(self.port_users.keys()));
+        }
+        self.clear_port_bits(recheck)?;
         self.remove_stale(&keys, &want_ranges, full, &want_local, &mut report)?;
         self.commit_ports(&keys, fresh, full);
         // Pairs kept for a live flow from before are the sweep's business: only pairs this
@@ -739,9 +773,11 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Step 4: the tables of the ports in `fresh` are built (in parallel, on every core),
-    /// compared with what the maps hold by fingerprint, and each changed one is written into a
-    /// fresh inner map and swapped in, so a packet sees a Service's old table or its new one.
+    /// Step 4: the tables of the ports in `fresh` are built (in parallel, on every core) and
+    /// compared with what the maps hold by fingerprint. A changed one of the same size and
+    /// layout is rewritten in place, only its changed words ([`maglev_map::patch`]: no RCU
+    /// wait, so a change does not pay a grace period); any other is written into a fresh inner
+    /// map and swapped in, so a packet sees a Service's old table or its new one.
     /// Nothing of a table is kept but its fingerprint. Returns each built port's slots per
     /// backend (canonical order), for the snapshot.
     fn swap_tables(
@@ -760,6 +796,7 @@ impl Reconciler {
                 old: self.tables.get(&port.service_id).copied(),
             })
             .collect();
+        let patch_into = self.patch_tables.then_some(&self.maps.maglev);
         // Each new table is an open fd until it is swapped in: at 100,000 Service ports,
         // holding them all would pass the process's file limit, so tables are built (in
         // parallel) and swapped in chunks (each swap costs the kernel one wait for running
@@ -768,11 +805,18 @@ impl Reconciler {
         for chunk in jobs.chunks(tables_per_swap()) {
             let mut swaps = Vec::new();
             let mut prints = Vec::new();
-            for b in build_tables(chunk)? {
+            for b in build_tables(chunk, patch_into)? {
                 counts.insert(b.sid, b.counts);
-                if let Some(table) = b.table {
-                    swaps.push((b.sid, table));
-                    prints.push(b.print);
+                match b.write {
+                    TableWrite::Unchanged => {}
+                    TableWrite::Patched => {
+                        self.tables.insert(b.sid, b.mark);
+                        report.tables_patched += 1;
+                    }
+                    TableWrite::Swap(table) => {
+                        swaps.push((b.sid, table));
+                        prints.push(b.mark);
+                    }
                 }
             }
             maglev_map::swap_all(&self.maps.maglev_fd, &swaps)?;
@@ -923,7 +967,9 @@ impl Reconciler {
             Err(e) => e.done,
         };
         for (k, v) in write_keys.iter().zip(&write_values).take(done) {
-            self.frontends.insert(*k, *v);
+            if self.frontends.insert(*k, *v).is_none() {
+                count_port_user(&mut self.port_users, k, true);
+            }
         }
         report.frontends_written += done;
         if let Err(e) = written {
@@ -976,6 +1022,8 @@ impl Reconciler {
             remove_ok(self.maps.frontends.remove(&fk)).context("removing from XLB_FRONTENDS")?;
             if let Some(v) = self.frontends.remove(&fk) {
                 self.frontend_alloc.release(v.frontend_id);
+                count_port_user(&mut self.port_users, &fk, false);
+                self.ports_dirty.insert(u16::from_be(fk.port));
             }
             report.frontends_removed += 1;
         }
@@ -1086,12 +1134,13 @@ impl Reconciler {
         };
         if config != self.config {
             // The new tunnel port's bit before the port is used, the old one's cleared after.
-            self.sync_ports_with(&[], Some(config.tunnel_port), true)?;
+            let old_port = u16::from_be(self.config.tunnel_port);
+            self.add_port_bits(&[], Some(config.tunnel_port))?;
             self.write_config(Config {
                 ports_ready: self.config.ports_ready,
                 ..config
             })?;
-            self.sync_ports(&[], false)?;
+            self.clear_port_bits(BTreeSet::from([old_port]))?;
             changed += 1;
         }
         for a in self.nodes.clone().difference(&want) {
@@ -1099,9 +1148,13 @@ impl Reconciler {
             self.nodes.remove(a);
             changed += 1;
         }
-        // The nodes or the outer source changed: their prepared headers with them. A failure
-        // to read the kernel's tables only leaves the lookup path in use.
-        if let Err(e) = self.refresh_hops() {
+        // The nodes or the outer source changed: their prepared headers with them (otherwise
+        // the hop watch's notifications and timer keep them current; a change must not pay a
+        // read of the kernel's routes and neighbours). A failure to read them only leaves the
+        // lookup path in use.
+        if changed > 0
+            && let Err(e) = self.refresh_hops()
+        {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "cannot prepare the remote nodes' next hops; encapsulating by lookup"
@@ -1130,51 +1183,60 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Makes `XLB_PORTS` hold the bits of the programmed frontends (and `extra` ones about to
-    /// be programmed) and of the tunnel port; with `additive`, bits are only added. The first
-    /// call writes every wanted port (the map may be new, after an upgrade) and then tells the
-    /// datapath it may trust the map (`ports_ready`).
-    fn sync_ports(&mut self, extra: &[FrontendKey], additive: bool) -> anyhow::Result<()> {
-        self.sync_ports_with(extra, None, additive)
-    }
-
-    fn sync_ports_with(
+    /// Adds to `XLB_PORTS` the bits of `extra` (frontends about to be written) and of the
+    /// tunnel port `extra_tunnel_port` (network order) before either is used. Only their ports
+    /// are looked at (and every wanted port on the first call).
+    fn add_port_bits(
         &mut self,
         extra: &[FrontendKey],
         extra_tunnel_port: Option<u16>,
-        additive: bool,
     ) -> anyhow::Result<()> {
-        let mut want: HashMap<u16, u32> = HashMap::new();
-        for k in self.frontends.keys().chain(extra.iter()) {
-            *want.entry(u16::from_be(k.port)).or_default() |= port_flags(k);
+        let mut add: HashMap<u16, u32> = HashMap::new();
+        for k in extra {
+            *add.entry(u16::from_be(k.port)).or_default() |= port_flags(k);
         }
-        self.write_ports(want, extra_tunnel_port, additive)
+        if let Some(tp) = extra_tunnel_port.filter(|p| *p != 0) {
+            *add.entry(u16::from_be(tp)).or_default() |= PORT_F_TUNNEL;
+        }
+        let ports: BTreeSet<u16> = add.keys().copied().collect();
+        self.write_ports(ports, &add, true)
     }
 
+    /// Makes the `XLB_PORTS` entries of `ports` hold exactly the bits of their programmed
+    /// frontends and of the tunnel port: bits no frontend uses any more are cleared.
+    fn clear_port_bits(&mut self, ports: BTreeSet<u16>) -> anyhow::Result<()> {
+        self.write_ports(ports, &HashMap::new(), false)
+    }
+
+    /// Writes the entries of `ports` whose bits differ from what their frontends' counts, the
+    /// tunnel port and `add` want; with `additive`, bits are only added. The first call writes
+    /// every wanted port (the map may be new, after an upgrade) and then tells the datapath it
+    /// may trust the map (`ports_ready`).
     fn write_ports(
         &mut self,
-        mut want: HashMap<u16, u32>,
-        extra_tunnel_port: Option<u16>,
+        mut ports: BTreeSet<u16>,
+        add: &HashMap<u16, u32>,
         additive: bool,
     ) -> anyhow::Result<()> {
-        for tp in [Some(self.config.tunnel_port), extra_tunnel_port]
-            .into_iter()
-            .flatten()
-        {
-            if tp != 0 {
-                *want.entry(u16::from_be(tp)).or_default() |= PORT_F_TUNNEL;
+        let first = self.config.ports_ready == 0;
+        let tunnel = u16::from_be(self.config.tunnel_port);
+        if first {
+            ports.extend(self.port_users.keys().chain(self.port_bits.keys()));
+            if tunnel != 0 {
+                ports.insert(tunnel);
             }
         }
-        if additive {
-            for (p, bits) in &self.port_bits {
-                *want.entry(*p).or_default() |= bits;
-            }
-        }
-        let ports: BTreeSet<u16> = want.keys().chain(self.port_bits.keys()).copied().collect();
         for p in ports {
-            let bits = want.get(&p).copied().unwrap_or(0);
-            if self.port_bits.get(&p).copied().unwrap_or(0) == bits && self.config.ports_ready != 0
-            {
+            let have = self.port_bits.get(&p).copied().unwrap_or(0);
+            let mut bits = self.port_users.get(&p).map_or(0, port_user_bits)
+                | add.get(&p).copied().unwrap_or(0);
+            if tunnel != 0 && p == tunnel {
+                bits |= PORT_F_TUNNEL;
+            }
+            if additive {
+                bits |= have;
+            }
+            if have == bits && !first {
                 continue;
             }
             self.maps
@@ -1187,7 +1249,7 @@ impl Reconciler {
                 self.port_bits.insert(p, bits);
             }
         }
-        if self.config.ports_ready == 0 {
+        if first {
             self.write_config(Config {
                 ports_ready: 1,
                 ..self.config
@@ -1401,6 +1463,34 @@ fn fingerprint(table: &[u32]) -> u64 {
     lb_common::hash::fmix64(h)
 }
 
+/// What the reconciler keeps of a table the maps hold: enough to tell a change, and whether it
+/// can be made in place (same length), without a copy of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TableMark {
+    print: u64,
+    /// Words of the inner map (two per element).
+    words: usize,
+}
+
+impl TableMark {
+    fn of(words: &[u32]) -> TableMark {
+        TableMark {
+            print: fingerprint(words),
+            words: words.len(),
+        }
+    }
+}
+
+/// How a built table reached the maps.
+enum TableWrite {
+    /// The maps hold it already.
+    Unchanged,
+    /// Its changed words were written into the inner map in place.
+    Patched,
+    /// A fresh inner map holding it, to be swapped in.
+    Swap(MaglevInner),
+}
+
 /// One table to build: a port of the plan whose table may have changed.
 struct TableJob<'p> {
     sid: u32,
@@ -1408,28 +1498,31 @@ struct TableJob<'p> {
     svc: &'p ServicePlan,
     /// The backend id of each of `svc.backends`.
     ids: &'p [u32],
-    /// The fingerprint of the table the maps hold for `sid`, if any.
-    old: Option<u64>,
+    /// The table the maps hold for `sid`, if any.
+    old: Option<TableMark>,
 }
 
 /// What building one table gave.
 struct BuiltTable {
     sid: u32,
-    print: u64,
+    mark: TableMark,
     /// Slots per backend, canonical order.
     counts: Vec<u32>,
-    /// A fresh inner map holding the table, if it differs from the maps' one.
-    table: Option<MaglevInner>,
+    write: TableWrite,
 }
 
 /// Fewer jobs than this per extra thread are built on the calling thread: a change to one
 /// Service must not pay for starting threads.
 const JOBS_PER_THREAD: usize = 64;
 
-/// Builds, encodes and (when changed) writes the tables of `jobs` into fresh inner maps, on up
-/// to every core. Each worker takes the next few jobs from a shared counter and drops each
-/// table as soon as it is written, so at most one table per thread is in memory.
-fn build_tables(jobs: &[TableJob<'_>]) -> anyhow::Result<Vec<BuiltTable>> {
+/// Builds, encodes and (when changed) writes the tables of `jobs`, on up to every core: in
+/// place into the inner map `patch_into` holds for the job when the layout allows it, else
+/// into a fresh inner map. Each worker takes the next few jobs from a shared counter and drops
+/// each table as soon as it is written, so at most one table per thread is in memory.
+fn build_tables(
+    jobs: &[TableJob<'_>],
+    patch_into: Option<&ArrayOfMaps<MapData, MaglevInner>>,
+) -> anyhow::Result<Vec<BuiltTable>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     const GRAIN: usize = 16;
     let build = |job: &TableJob<'_>| -> anyhow::Result<BuiltTable> {
@@ -1438,17 +1531,19 @@ fn build_tables(jobs: &[TableJob<'_>]) -> anyhow::Result<Vec<BuiltTable>> {
             .maglev_table()
             .with_context(|| format!("building the Maglev table of {}", job.key))?;
         let words = lb_common::maglev::encode(&table, job.ids)?;
-        let print = fingerprint(&words);
-        let inner = if job.old == Some(print) {
-            None
-        } else {
-            Some(maglev_map::create(&words)?)
+        let mark = TableMark::of(&words);
+        let write = match (job.old, patch_into) {
+            (Some(old), _) if old == mark => TableWrite::Unchanged,
+            (Some(old), Some(outer)) if old.words == words.len() => {
+                patch_or_swap(outer, job.sid, &words)?
+            }
+            _ => TableWrite::Swap(maglev_map::create(&words)?),
         };
         Ok(BuiltTable {
             sid: job.sid,
-            print,
+            mark,
             counts: table.slot_counts(),
-            table: inner,
+            write,
         })
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -1495,6 +1590,23 @@ fn build_tables(jobs: &[TableJob<'_>]) -> anyhow::Result<Vec<BuiltTable>> {
     Ok(built)
 }
 
+/// Rewrites the table of `sid` in place if its layout allows, else builds a fresh inner map.
+fn patch_or_swap(
+    outer: &ArrayOfMaps<MapData, MaglevInner>,
+    sid: u32,
+    words: &[u32],
+) -> anyhow::Result<TableWrite> {
+    let inner = match outer.get(&sid, 0) {
+        Ok(inner) => inner,
+        Err(MapError::KeyNotFound) => return Ok(TableWrite::Swap(maglev_map::create(words)?)),
+        Err(e) => return Err(e).context("reading XLB_MAGLEV"),
+    };
+    Ok(match maglev_map::patch(&inner, words)? {
+        Some(_) => TableWrite::Patched,
+        None => TableWrite::Swap(maglev_map::create(words)?),
+    })
+}
+
 /// Hands out unused ids below `max`, scanning on from the last one handed out: linear in the
 /// number of ids allocated, where searching from 0 each time made programming 10,000 Services
 /// quadratic.
@@ -1538,6 +1650,33 @@ pub fn frontend_key(addr: Option<Ipv4Addr>, port: u16, proto: u8) -> FrontendKey
         proto,
         _pad: 0,
     }
+}
+
+/// The frontend bits of `XLB_PORTS` (TCP, UDP, and their NodePort bits; not the tunnel's).
+const PORT_USER_BITS: usize = 4;
+
+/// Counts `k` in (or out of) its port's frontend bits.
+fn count_port_user(users: &mut HashMap<u16, [u32; PORT_USER_BITS]>, k: &FrontendKey, add: bool) {
+    let port = u16::from_be(k.port);
+    let flags = port_flags(k);
+    let counts = users.entry(port).or_default();
+    for (i, c) in counts.iter_mut().enumerate() {
+        if flags & (1 << i) != 0 {
+            *c = if add { *c + 1 } else { c.saturating_sub(1) };
+        }
+    }
+    if counts.iter().all(|c| *c == 0) {
+        users.remove(&port);
+    }
+}
+
+/// The bits a port's frontend counts set.
+fn port_user_bits(counts: &[u32; PORT_USER_BITS]) -> u32 {
+    counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .fold(0, |bits, (i, _)| bits | 1 << i)
 }
 
 /// The `XLB_PORTS` bits a frontend sets on its port.

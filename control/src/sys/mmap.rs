@@ -46,6 +46,15 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u32>(), n) }
     }
 
+    /// The first `n` u32s as atomics: for words a running program may read while they are
+    /// stored (each store is one aligned 32-bit write, in program order where asked).
+    pub fn atomic_u32s(&mut self, n: usize) -> &[std::sync::atomic::AtomicU32] {
+        assert!(n * 4 <= self.len, "{n} u32s exceed the mapping");
+        // SAFETY: as above; the mapping is page-aligned, so every u32 is aligned, and AtomicU32
+        // has u32's layout.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<std::sync::atomic::AtomicU32>(), n) }
+    }
+
     pub fn u32s(&self, n: usize) -> &[u32] {
         assert!(n * 4 <= self.len, "{n} u32s exceed the mapping");
         // SAFETY: as above.
