@@ -120,6 +120,29 @@ fn census_counts_the_active_flows_of_real_packets() {
         }
         assert!(c.taken_unix >= c.started_unix && c.walk_s >= 0.0 && c.cpu_s >= 0.0);
     }
+
+    // The idle sweep after a walk: a flow read as expired but refreshed since stays, and
+    // counts as a reference to its backend; one still expired goes, and only it.
+    let stale_pod = dns_be[&Ipv4Addr::from(PODS[0])];
+    let mut c = census::take(&f.rec.maps, None).unwrap();
+    assert_eq!(c.stale, vec![(stale, stale_pod)]);
+    let refreshed = CtValue::new(stale_pod, dns_fe, monotonic_ns());
+    f.rec.maps.conntrack.insert(stale, refreshed, 0).unwrap();
+    census::sweep(&mut f.rec.maps, &mut c).unwrap();
+    assert_eq!(c.expired, 0);
+    assert!(c.referenced.contains(&stale_pod));
+    f.rec.maps.conntrack.insert(stale, v, 0).unwrap();
+    let mut c = census::take(&f.rec.maps, None).unwrap();
+    census::sweep(&mut f.rec.maps, &mut c).unwrap();
+    assert_eq!(c.expired, 1);
+    assert!(c.stale.is_empty());
+    assert!(
+        f.rec.maps.conntrack.get(&stale, 0).is_err(),
+        "expired flow kept"
+    );
+    let after = census::take(&f.rec.maps, None).unwrap();
+    assert_eq!((after.entries, after.active), (40, 40));
+    assert!(after.stale.is_empty());
 }
 
 /// A datapath whose connection table holds `n` synthetic active flows to the VIP's first pod.
