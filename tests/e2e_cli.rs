@@ -370,8 +370,8 @@ fn map_dump(pin_dir: &Path, map: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         .collect()
 }
 
-/// The running daemon's idle sweep removes a UDP flow idle past its 300 s timeout, with its
-/// reverse-NAT entry, and keeps a flow that is not.
+/// The running daemon's idle sweep (after each connection census) removes a UDP flow idle past
+/// its 300 s timeout, with its reverse-NAT entry, and keeps a flow that is not.
 #[test]
 fn idle_flows_are_swept() {
     with_local_lab(|t| {
@@ -421,7 +421,7 @@ fn idle_flows_are_swept() {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        // The sweep runs every 10 s.
+        // The census sweeps after each walk (every --census-interval, 2 s, on this table).
         let deadline = Instant::now() + Duration::from_secs(25);
         while map_entries(&pins, "XLB_CONNTRACK")? != 1 {
             ensure!(

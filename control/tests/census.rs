@@ -19,6 +19,7 @@ use xlb::{
     observe::counters,
     observe::health::Readiness,
     observe::metrics::{self, RunStatus},
+    observe::series::{Detail, MetricsOptions, SeriesCache},
     sys::clock::monotonic_ns,
 };
 use xlb_api::{FlowRow, ServicesOutput};
@@ -214,6 +215,36 @@ fn metrics_and_services_read_the_census_not_the_table() {
     assert!(
         text.contains("\nxlb_conntrack_census_walks_total 1\n"),
         "{text}"
+    );
+    assert!(text.contains("\nxlb_metrics_detail{level=\"backends\"} 1\n"));
+    assert!(text.contains("\nxlb_metrics_detail_capped 0\n"));
+
+    // Fewer per-object series: as asked, or as the cap forces (and then says).
+    let view = status.view();
+    let mut cache = SeriesCache::default();
+    let mut scrape = |detail, max_series| {
+        let opts = MetricsOptions { detail, max_series };
+        metrics::render_with(&f.rec.maps, &view, false, &opts, &mut cache).unwrap()
+    };
+    let fes = scrape(Detail::Frontends, usize::MAX);
+    assert!(fes.contains(line), "{fes}");
+    assert!(!fes.contains("\nxlb_backend_packets_total{") && !fes.contains("\nxlb_backend_slots{"));
+    assert!(fes.contains("\nxlb_metrics_detail_capped 0\n"));
+    let capped = scrape(Detail::Backends, 0);
+    assert!(
+        !capped.contains("\nxlb_frontend_packets_total{"),
+        "{capped}"
+    );
+    assert!(capped.contains("\nxlb_metrics_detail{level=\"none\"} 1\n"));
+    assert!(capped.contains("\nxlb_metrics_detail_capped 1\n"));
+    assert!(
+        capped.contains("\nxlb_conntrack_entries 7\n"),
+        "totals stay"
+    );
+    assert_eq!(
+        scrape(Detail::Backends, usize::MAX),
+        text,
+        "the cached text is the same"
     );
 
     let sample = counters::read(&f.rec.maps, &snap).unwrap();
