@@ -216,6 +216,11 @@ impl RunStatus {
         &self.readiness
     }
 
+    /// The generation programmed last (0: none yet).
+    pub fn generation(&self) -> u64 {
+        self.with(|s| s.generation)
+    }
+
     /// The run loop is alive.
     pub fn heartbeat(&self) {
         self.readiness.heartbeat();
@@ -349,13 +354,14 @@ pub fn serve(
     opts: MetricsOptions,
 ) -> anyhow::Result<JoinHandle<()>> {
     let addr = listener.local_addr()?;
-    let scraper = Scraper {
+    let scraper = Arc::new(Scraper {
         pin_dir,
         opts,
         // Scrapes take turns: the prepared text is shared, and two at once would only double
         // the memory of the largest exposition.
         cache: Mutex::new(SeriesCache::default()),
-    };
+    });
+    runtime.spawn(keep_prepared(scraper.clone(), status.clone()));
     let router: Router = Arc::new(move |request: &Request| route(&scraper, &status, request));
     tracing::info!(%addr, "serving /metrics, /livez, /healthz and /readyz");
     Ok(http::serve(runtime, listener, router))
@@ -363,6 +369,32 @@ pub fn serve(
 
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How soon after a programming the label text of the changed Service ports is prepared.
+const PREPARE_EVERY: Duration = Duration::from_secs(1);
+
+/// Prepares the label text of each generation as it is programmed, so that no scrape pays for
+/// it (at 10,000 Services, a cold preparation costs more than the scrape that uses it).
+async fn keep_prepared(scraper: Arc<Scraper>, status: Arc<RunStatus>) {
+    let mut tick = tokio::time::interval(PREPARE_EVERY);
+    let mut prepared = None;
+    loop {
+        tick.tick().await;
+        let generation = status.generation();
+        if prepared == Some(generation) {
+            continue;
+        }
+        prepared = Some(generation);
+        let (scraper, status) = (scraper.clone(), status.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut cache = scraper.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.refresh(&status.view().snapshot);
+            let detail = cache.choose(&scraper.opts);
+            cache.prepare(detail);
+        })
+        .await;
+    }
+}
 
 /// What a `/metrics` scrape reads and keeps.
 struct Scraper {

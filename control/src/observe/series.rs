@@ -10,7 +10,11 @@
 //! `--metrics-max-series`: when the per-object series of the detail asked for would exceed the
 //! cap, the next lower detail whose series fit is exported, with a warning in the log and
 //! `xlb_metrics_detail_capped 1` (see docs/operations.md).
-use std::{collections::HashMap, fmt::Write as _, sync::Arc};
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    sync::{Arc, OnceLock},
+};
 
 use lb_common::maps::Counter;
 
@@ -98,15 +102,21 @@ impl Counts {
     }
 }
 
-/// One Service port's label text, prepared once.
+/// One Service port's label text, prepared once: the frontends' at once, the backends' when a
+/// scrape first exports them (at the `frontends` detail they are never written).
 #[derive(Debug)]
 pub struct PortSeries {
     /// Held so that the pointer the cache is keyed by stays this part's.
     snap: Arc<ServiceSnapshot>,
     /// (frontend id, `{service=...,frontend=...}`).
     frontends: Vec<(u32, Box<str>)>,
+    backends: OnceLock<BackendText>,
+}
+
+#[derive(Debug)]
+struct BackendText {
     /// (backend id, `{backend=...,protocol=...,node=...}`).
-    backends: Vec<(u32, Box<str>)>,
+    labels: Vec<(u32, Box<str>)>,
     /// The port's whole `xlb_backend_slots` lines (their values are the snapshot's).
     slots: String,
 }
@@ -130,31 +140,40 @@ impl PortSeries {
                 (f.frontend_id, l.into_boxed_str())
             })
             .collect();
-        let mut backends = Vec::with_capacity(s.backends.len());
-        let mut slots = String::new();
-        for b in &s.backends {
-            let backend = format!("{}:{}", b.addr, b.port);
-            let l = labels(&[
-                ("backend", &backend),
-                ("protocol", &s.protocol),
-                ("node", b.node.as_deref().unwrap_or_default()),
-            ]);
-            backends.push((b.backend_id, l.into_boxed_str()));
-            slots.push_str("xlb_backend_slots");
-            slots.push_str(&labels(&[
-                ("service", &s.name),
-                ("backend", &backend),
-                ("protocol", &s.protocol),
-                ("state", &b.state),
-            ]));
-            let _ = writeln!(slots, " {}", b.slots);
-        }
         PortSeries {
             snap: s.clone(),
             frontends,
-            backends,
-            slots,
+            backends: OnceLock::new(),
         }
+    }
+
+    fn backends(&self) -> &BackendText {
+        self.backends.get_or_init(|| {
+            let s = &self.snap;
+            let mut labels_by_id = Vec::with_capacity(s.backends.len());
+            let mut slots = String::new();
+            for b in &s.backends {
+                let backend = format!("{}:{}", b.addr, b.port);
+                let l = labels(&[
+                    ("backend", &backend),
+                    ("protocol", &s.protocol),
+                    ("node", b.node.as_deref().unwrap_or_default()),
+                ]);
+                labels_by_id.push((b.backend_id, l.into_boxed_str()));
+                slots.push_str("xlb_backend_slots");
+                slots.push_str(&labels(&[
+                    ("service", &s.name),
+                    ("backend", &backend),
+                    ("protocol", &s.protocol),
+                    ("state", &b.state),
+                ]));
+                let _ = writeln!(slots, " {}", b.slots);
+            }
+            BackendText {
+                labels: labels_by_id,
+                slots,
+            }
+        })
     }
 }
 
@@ -234,15 +253,15 @@ impl SeriesCache {
         self.max_backend = self
             .ports
             .iter()
-            .flat_map(|p| p.backends.iter().map(|(id, _)| *id))
+            .flat_map(|p| p.snap.backends.iter().map(|b| b.backend_id))
             .max();
         let mut seen = vec![false; self.max_backend.map_or(0, |m| m as usize + 1)];
         let mut counts = Counts::default();
         for p in &self.ports {
             counts.frontends += p.frontends.len();
-            counts.slots += p.backends.len();
-            for (id, _) in &p.backends {
-                if !std::mem::replace(&mut seen[*id as usize], true) {
+            counts.slots += p.snap.backends.len();
+            for b in &p.snap.backends {
+                if !std::mem::replace(&mut seen[b.backend_id as usize], true) {
                     counts.backends += 1;
                 }
             }
@@ -261,6 +280,16 @@ impl SeriesCache {
             Detail::None => (0, 0),
             Detail::Frontends => (n(self.max_frontend), 0),
             Detail::Backends => (n(self.max_frontend), n(self.max_backend)),
+        }
+    }
+
+    /// Prepares now the text a scrape at `detail` writes (the backends' is otherwise prepared
+    /// by the first scrape that exports it).
+    pub fn prepare(&self, detail: Detail) {
+        if detail >= Detail::Backends {
+            for p in &self.ports {
+                p.backends();
+            }
         }
     }
 
@@ -354,7 +383,7 @@ pub fn write(
         let mut by_id: Vec<Option<&str>> =
             vec![None; cache.max_backend.map_or(0, |m| m + 1) as usize];
         for p in &cache.ports {
-            for (id, l) in &p.backends {
+            for (id, l) in &p.backends().labels {
                 by_id[*id as usize].get_or_insert(&**l);
             }
         }
@@ -404,7 +433,7 @@ pub fn write(
             "Maglev table slots a Service port gives a backend (0: takes no new flows).",
         );
         for p in &cache.ports {
-            out.push_str(&p.slots);
+            out.push_str(&p.backends().slots);
         }
     }
 }
@@ -530,6 +559,10 @@ mod tests {
         });
         assert!(Arc::ptr_eq(&cache.ports[0], &kept));
         assert!(Arc::ptr_eq(&cache.ports[1].snap, &b2));
+        assert!(
+            cache.ports[1].backends.get().is_none(),
+            "prepared when first exported"
+        );
         assert_eq!(cache.counts().backends, 3);
         assert!(render(&cache, Detail::Backends).contains("198.18.1.3:8080"));
         cache.refresh(&Snapshot::default());
