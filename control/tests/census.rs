@@ -136,6 +136,7 @@ fn census_counts_the_active_flows_of_real_packets() {
     let mut c = census::take(&f.rec.maps, None).unwrap();
     census::sweep(&mut f.rec.maps, &mut c).unwrap();
     assert_eq!(c.expired, 1);
+    assert_eq!(c.entries, 40, "the fill after the sweep");
     assert!(c.stale.is_empty());
     assert!(
         f.rec.maps.conntrack.get(&stale, 0).is_err(),

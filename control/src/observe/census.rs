@@ -69,7 +69,7 @@ pub struct Census {
     pub per_s: u32,
     /// Entries read, a churning table's repeats included.
     pub read: u64,
-    /// Distinct entries.
+    /// Distinct entries, less those [`sweep`] removed (the table's fill after the census).
     pub entries: u64,
     /// Of those, the active ones (`CtValue::is_active`), which the per-frontend and
     /// per-backend counts count.
@@ -164,6 +164,7 @@ pub fn sweep(maps: &mut Maps, census: &mut Census) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("reading XLB_CONNTRACK"),
         }
     }
+    census.entries = census.entries.saturating_sub(census.expired);
     Ok(())
 }
 
