@@ -19,6 +19,7 @@ use xlb::{
     observe::counters,
     observe::health::Readiness,
     observe::metrics::{self, RunStatus},
+    observe::series::{Detail, MetricsOptions, SeriesCache},
     sys::clock::monotonic_ns,
 };
 use xlb_api::{FlowRow, ServicesOutput};
@@ -120,6 +121,30 @@ fn census_counts_the_active_flows_of_real_packets() {
         }
         assert!(c.taken_unix >= c.started_unix && c.walk_s >= 0.0 && c.cpu_s >= 0.0);
     }
+
+    // The idle sweep after a walk: a flow read as expired but refreshed since stays, and
+    // counts as a reference to its backend; one still expired goes, and only it.
+    let stale_pod = dns_be[&Ipv4Addr::from(PODS[0])];
+    let mut c = census::take(&f.rec.maps, None).unwrap();
+    assert_eq!(c.stale, vec![(stale, stale_pod)]);
+    let refreshed = CtValue::new(stale_pod, dns_fe, monotonic_ns());
+    f.rec.maps.conntrack.insert(stale, refreshed, 0).unwrap();
+    census::sweep(&mut f.rec.maps, &mut c).unwrap();
+    assert_eq!(c.expired, 0);
+    assert!(c.referenced.contains(&stale_pod));
+    f.rec.maps.conntrack.insert(stale, v, 0).unwrap();
+    let mut c = census::take(&f.rec.maps, None).unwrap();
+    census::sweep(&mut f.rec.maps, &mut c).unwrap();
+    assert_eq!(c.expired, 1);
+    assert_eq!(c.entries, 40, "the fill after the sweep");
+    assert!(c.stale.is_empty());
+    assert!(
+        f.rec.maps.conntrack.get(&stale, 0).is_err(),
+        "expired flow kept"
+    );
+    let after = census::take(&f.rec.maps, None).unwrap();
+    assert_eq!((after.entries, after.active), (40, 40));
+    assert!(after.stale.is_empty());
 }
 
 /// A datapath whose connection table holds `n` synthetic active flows to the VIP's first pod.
@@ -191,6 +216,36 @@ fn metrics_and_services_read_the_census_not_the_table() {
     assert!(
         text.contains("\nxlb_conntrack_census_walks_total 1\n"),
         "{text}"
+    );
+    assert!(text.contains("\nxlb_metrics_detail{level=\"backends\"} 1\n"));
+    assert!(text.contains("\nxlb_metrics_detail_capped 0\n"));
+
+    // Fewer per-object series: as asked, or as the cap forces (and then says).
+    let view = status.view();
+    let mut cache = SeriesCache::default();
+    let mut scrape = |detail, max_series| {
+        let opts = MetricsOptions { detail, max_series };
+        metrics::render_with(&f.rec.maps, &view, false, &opts, &mut cache).unwrap()
+    };
+    let fes = scrape(Detail::Frontends, usize::MAX);
+    assert!(fes.contains(line), "{fes}");
+    assert!(!fes.contains("\nxlb_backend_packets_total{") && !fes.contains("\nxlb_backend_slots{"));
+    assert!(fes.contains("\nxlb_metrics_detail_capped 0\n"));
+    let capped = scrape(Detail::Backends, 0);
+    assert!(
+        !capped.contains("\nxlb_frontend_packets_total{"),
+        "{capped}"
+    );
+    assert!(capped.contains("\nxlb_metrics_detail{level=\"none\"} 1\n"));
+    assert!(capped.contains("\nxlb_metrics_detail_capped 1\n"));
+    assert!(
+        capped.contains("\nxlb_conntrack_entries 7\n"),
+        "totals stay"
+    );
+    assert_eq!(
+        scrape(Detail::Backends, usize::MAX),
+        text,
+        "the cached text is the same"
     );
 
     let sample = counters::read(&f.rec.maps, &snap).unwrap();

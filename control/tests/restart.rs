@@ -8,7 +8,8 @@ use common::*;
 use lb_common::maps::Reason;
 use xlb::{
     datapath::loader::{self, LoadOptions, Loaded},
-    datapath::reconcile::Reconciler,
+    datapath::reconcile::{DRAIN_GRACE_NS, Reconciler},
+    observe::census,
 };
 
 /// A private pin directory on bpffs, removed on drop (also when the test fails).
@@ -119,6 +120,78 @@ fn drained_backend_is_released_once_its_flows_are_gone() {
     let (released, draining) = f.rec.release_backends(&planned).unwrap();
     assert_eq!((released, draining), (2, 0));
     assert_eq!(f.rec.maps.backends.get(&id, 0).unwrap().flags, 0);
+}
+
+/// The run loop releases drained backends against the connection census, never a walk of
+/// its own: only a census whose walk began after the backend left the plan releases it, and
+/// only once none of the flows it read points at it.
+#[test]
+fn the_census_releases_a_drained_backend_once_a_later_walk_finds_no_flow() {
+    let mut f = Fixture::new(&manifest(&PODS, &[]));
+    let sport = (41000..42000u16)
+        .find(|&p| {
+            f.predict("default/web:http/TCP", CLIENT, p, VIP, 80, 6).0 == Ipv4Addr::from(PODS[1])
+        })
+        .unwrap();
+    // A census of the empty table, from before the backend left the plan.
+    let early = census::take(&f.rec.maps, None).unwrap();
+    assert!(early.referenced.is_empty());
+    f.xdp(&tcp(CLIENT, sport, VIP, 80, true));
+    let id = f
+        .rec
+        .snapshot()
+        .services
+        .iter()
+        .find(|s| s.name == "default/web:http/TCP")
+        .unwrap()
+        .backends[1]
+        .backend_id;
+    f.reprogram(&manifest(&[PODS[0], PODS[2]], &[]));
+    // The pod's TCP and UDP backends drain. The early census saw no flow to them, but flows
+    // could have been made after its walk passed: it releases nothing.
+    assert_eq!(
+        f.rec
+            .release_unreferenced(&early.referenced, early.started_ns)
+            .unwrap(),
+        (0, 2)
+    );
+
+    std::thread::sleep(std::time::Duration::from_nanos(DRAIN_GRACE_NS + 50_000_000));
+    let c = census::take(&f.rec.maps, None).unwrap();
+    assert!(c.referenced.contains(&id));
+    // The UDP backend, which no flow uses, goes; the TCP one is kept for its flow.
+    assert_eq!(
+        f.rec
+            .release_unreferenced(&c.referenced, c.started_ns)
+            .unwrap(),
+        (1, 1)
+    );
+    assert_ne!(f.rec.maps.backends.get(&id, 0).unwrap().flags, 0);
+    let (_, out) = f.xdp(&tcp(CLIENT, sport, VIP, 80, false));
+    assert_eq!(
+        dst(&out).0,
+        Ipv4Addr::from(PODS[1]),
+        "the flow keeps its pod"
+    );
+
+    let keys: Vec<_> = f.rec.maps.conntrack.keys().map(|k| k.unwrap()).collect();
+    for k in keys {
+        f.rec.maps.conntrack.remove(&k).unwrap();
+    }
+    let c = census::take(&f.rec.maps, None).unwrap();
+    assert_eq!(
+        f.rec
+            .release_unreferenced(&c.referenced, c.started_ns)
+            .unwrap(),
+        (1, 0)
+    );
+    assert_eq!(f.rec.maps.backends.get(&id, 0).unwrap().flags, 0);
+    assert_eq!(
+        f.rec
+            .release_unreferenced(&c.referenced, c.started_ns)
+            .unwrap(),
+        (0, 0)
+    );
 }
 
 #[test]

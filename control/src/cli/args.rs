@@ -69,6 +69,16 @@ pub enum ConntrackCommand {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum MetricsDetailArg {
+    /// Per frontend, per backend, and the Maglev slots of each Service port's backends.
+    Backends,
+    /// Per frontend (Service port address) only.
+    Frontends,
+    /// Totals only.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum XdpModeArg {
     /// Native if the driver supports it, generic otherwise (the kernel decides).
     Auto,
@@ -182,6 +192,21 @@ pub struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, and the probes /readyz, /livez, /healthz.
     #[arg(long, value_name = "ADDR:PORT", env = "XLB_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Which per-object series /metrics exports: `backends` (per frontend, per backend and per
+    /// Service port and backend), `frontends` (per frontend only) or `none` (totals only).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "backends",
+        env = "XLB_METRICS_DETAIL"
+    )]
+    pub metrics_detail: MetricsDetailArg,
+    /// At most this many per-object series in /metrics: beyond it the next lower
+    /// --metrics-detail whose series fit is exported, with a warning in the log and
+    /// xlb_metrics_detail_capped 1.
+    #[arg(long, default_value_t = crate::observe::series::DEFAULT_MAX_SERIES,
+          env = "XLB_METRICS_MAX_SERIES")]
+    pub metrics_max_series: usize,
     /// Serve /readyz (200 once the first full sync is programmed, 503 before), and /livez and
     /// /healthz (200 while the run loop ticks) on this address (e.g. 0.0.0.0:10356 for the
     /// DaemonSet's probes).

@@ -13,7 +13,7 @@ use aya::{Ebpf, programs::XdpMode};
 use tokio::runtime::Runtime;
 
 use crate::{
-    cli::args::{DownArgs, PodDeliveryArg, RunArgs, TcAttachArg, XdpModeArg},
+    cli::args::{DownArgs, MetricsDetailArg, PodDeliveryArg, RunArgs, TcAttachArg, XdpModeArg},
     compile::Compiler,
     compile::plan::NodeIdentity,
     daemon::hops::HopWatch,
@@ -31,6 +31,7 @@ use crate::{
     observe::census::{self, CensusOptions},
     observe::health::{HealthServer, Readiness},
     observe::metrics::{self, RunStatus},
+    observe::series::{Detail, MetricsOptions},
     source::cluster::{Changes, ClusterState},
     source::kube,
     source::{ConfigSource, KubeConfigSource, ManifestSource, Poll},
@@ -43,8 +44,9 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// How often drained backends are released and idle flows expired.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often reverse-NAT pairs kept for a live flow are looked at again (a walk of
+/// `XLB_REVNAT`, only while some are kept).
+const PAIRS_EVERY: Duration = Duration::from_secs(10);
 
 /// How soon a state that failed to apply is tried again (Kubernetes source).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -103,7 +105,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         pending: Changes::default(),
         failed_at: None,
         warned: BTreeSet::new(),
-        last_sweep: Instant::now(),
+        swept_census: 0,
+        last_pairs: Instant::now(),
         state_file: StateWriter::default(),
     };
     while !STOP.load(Ordering::SeqCst) {
@@ -350,6 +353,7 @@ fn start_servers(
             listener,
             pin_dir.to_path_buf(),
             status.clone(),
+            metrics_options(args),
         )?;
     }
     let mut health = HealthServer::new(
@@ -362,6 +366,18 @@ fn start_servers(
         tracing::info!(addr = %bound, "serving /readyz, /healthz and /livez");
     }
     Ok(health)
+}
+
+/// What `--metrics-detail` and `--metrics-max-series` ask of `/metrics`.
+fn metrics_options(args: &RunArgs) -> MetricsOptions {
+    MetricsOptions {
+        detail: match args.metrics_detail {
+            MetricsDetailArg::Backends => Detail::Backends,
+            MetricsDetailArg::Frontends => Detail::Frontends,
+            MetricsDetailArg::None => Detail::None,
+        },
+        max_series: args.metrics_max_series,
+    }
 }
 
 /// The manifests (`--manifests`) or the Kubernetes API.
@@ -408,7 +424,9 @@ struct Daemon {
     failed_at: Option<Instant>,
     /// The plan's warnings as last logged.
     warned: BTreeSet<String>,
-    last_sweep: Instant,
+    /// The last connection census drained backends were released against.
+    swept_census: u64,
+    last_pairs: Instant,
     /// Writes the state file for the CLI, serialising only the changed Service ports.
     state_file: StateWriter,
 }
@@ -450,10 +468,29 @@ impl Daemon {
                 }
             }
         }
-        if self.last_sweep.elapsed() >= SWEEP_EVERY {
-            self.last_sweep = Instant::now();
-            if let Err(e) = sweep(&mut self.reconciler, &self.status) {
-                tracing::error!(error = format!("{e:#}"), "sweep failed");
+        // The census thread walks the table and expires idle flows; what is left here is
+        // proportional to the draining backends, never to the table.
+        if let Some((n, census)) = self.status.census_after(self.swept_census) {
+            self.swept_census = n;
+            if let Err(e) = release(&mut self.reconciler, &self.status, &census) {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "releasing drained backends failed"
+                );
+            }
+        }
+        if self.last_pairs.elapsed() >= PAIRS_EVERY {
+            self.last_pairs = Instant::now();
+            match self.reconciler.release_local_backends() {
+                Ok((0, _)) => {}
+                Ok((released, kept)) => tracing::info!(
+                    released_tunnel_pairs = released,
+                    kept_tunnel_pairs = kept,
+                    "released tunnel pairs no live flow uses"
+                ),
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "releasing tunnel pairs failed")
+                }
             }
         }
     }
@@ -584,19 +621,21 @@ fn program(
     Ok((report, applied))
 }
 
-fn sweep(reconciler: &mut Reconciler, status: &RunStatus) -> anyhow::Result<()> {
-    let expired = conntrack::expire(&mut reconciler.maps)?;
-    let planned = reconciler.planned_backends();
-    let (released, draining) = reconciler.release_backends(&planned)?;
-    let (pairs_released, pairs_kept) = reconciler.release_local_backends()?;
-    status.swept(expired, released, draining);
-    if expired + released + pairs_released > 0 {
+/// Releases the drained backends no flow of `census` points at (see
+/// [`Reconciler::release_unreferenced`]), after the census expired the idle flows.
+fn release(
+    reconciler: &mut Reconciler,
+    status: &RunStatus,
+    census: &census::Census,
+) -> anyhow::Result<()> {
+    let (released, draining) =
+        reconciler.release_unreferenced(&census.referenced, census.started_ns)?;
+    status.swept(released, draining);
+    if census.expired as usize + released > 0 {
         tracing::info!(
-            expired_flows = expired,
+            expired_flows = census.expired,
             released_backends = released,
             draining_backends = draining,
-            released_tunnel_pairs = pairs_released,
-            kept_tunnel_pairs = pairs_kept,
             "sweep"
         );
     }

@@ -165,10 +165,27 @@ pub fn expire_at(maps: &mut Maps, now: u64) -> anyhow::Result<usize> {
     })?;
     let n = stale.len();
     for (k, backend_id) in stale {
-        if let Ok(b) = maps.backends.get(&backend_id, 0) {
-            let _ = maps.revnat.remove(&revnat_key(&k, &b));
-        }
-        let _ = maps.conntrack.remove(&k);
+        remove_flow(maps, &k, backend_id)?;
     }
     Ok(n)
+}
+
+/// Removes flow `k` (to `backend_id`) and its reverse-NAT entry; false if it was gone already
+/// (the LRU evicted it).
+pub fn remove_flow(maps: &mut Maps, k: &FlowKey, backend_id: u32) -> anyhow::Result<bool> {
+    if let Ok(b) = maps.backends.get(&backend_id, 0) {
+        match maps.revnat.remove(&revnat_key(k, &b)) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e).context("removing from XLB_REVNAT"),
+        }
+    }
+    match maps.conntrack.remove(k) {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(e).context("removing from XLB_CONNTRACK"),
+    }
 }

@@ -30,6 +30,7 @@ use crate::{
     datapath::maglev_map,
     datapath::maps::{MaglevInner, Maps, src_range_key},
     sys::bpf,
+    sys::clock::monotonic_ns,
 };
 
 fn be(addr: Ipv4Addr) -> u32 {
@@ -150,8 +151,11 @@ pub struct Reconciler {
     /// Which planned port holds each service id.
     sid_owner: HashMap<u32, ServicePortKey>,
     /// How many planned ports list each backend id; an id not in here is draining (kept while
-    /// conntrack uses it, released by [`Reconciler::release_backends`]).
+    /// conntrack uses it, released by [`Reconciler::release_unreferenced`]).
     backend_users: HashMap<u32, u32>,
+    /// When (monotonic ns) each draining backend left the plan: only a connection census that
+    /// began after that may release it ([`Reconciler::release_unreferenced`]).
+    unplanned_ns: HashMap<u32, u64>,
     /// The next apply compares everything: after adoption, and after an apply that failed
     /// half-way (the per-port record may then be ahead of or behind the maps).
     needs_full: bool,
@@ -171,6 +175,10 @@ pub struct Reconciler {
     /// touched ones (counting slots is a pass over the table).
     snapshot_parts: BTreeMap<ServicePortKey, Arc<ServiceSnapshot>>,
 }
+
+/// How long before a census's walk a backend must have left the plan for the census to release
+/// it: a packet that read the Maglev table before the swap is long done by then.
+pub const DRAIN_GRACE_NS: u64 = 200_000_000;
 
 /// What one refresh of the prepared next hops did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +296,7 @@ impl Reconciler {
             ports: HashMap::new(),
             sid_owner: HashMap::new(),
             backend_users: HashMap::new(),
+            unplanned_ns: HashMap::new(),
             needs_full: true,
             config,
             capacity,
@@ -335,8 +344,8 @@ impl Reconciler {
     /// the next apply is a full one.
     ///
     /// Backends that leave the plan are not released here (that needs a walk over conntrack):
-    /// they drain, and [`Reconciler::release_backends`] (the run loop's sweep) releases them
-    /// once no flow uses them.
+    /// they drain, and [`Reconciler::release_unreferenced`] (the run loop, after each
+    /// connection census) releases them once no flow uses them.
     ///
     /// Nothing is written unless all of the plan fits ([`Reconciler::check_capacity`] runs
     /// first): a refused plan leaves the last good state whole, and the per-port record with
@@ -1080,6 +1089,7 @@ impl Reconciler {
                         *n -= 1;
                         if *n == 0 {
                             self.backend_users.remove(id);
+                            self.unplanned_ns.insert(*id, monotonic_ns());
                         }
                     }
                 }
@@ -1093,6 +1103,7 @@ impl Reconciler {
             if let Some(port) = fresh.remove(key) {
                 for id in &port.backends {
                     *self.backend_users.entry(*id).or_default() += 1;
+                    self.unplanned_ns.remove(id);
                 }
                 self.sid_owner.insert(port.service_id, key.clone());
                 self.ports.insert(key.clone(), port);
@@ -1338,13 +1349,59 @@ impl Reconciler {
                 .backends
                 .set(id, Backend::default(), 0)
                 .context("clearing XLB_BACKENDS")?;
-            self.backend_alloc.release(id);
-            if let Some(b) = self.backends.remove(&id) {
-                self.backend_ids.remove(&(b.addr, b.port, b.proto));
-            }
+            self.release_backend(id);
             released += 1;
         }
         Ok((released, draining))
+    }
+
+    /// [`Reconciler::release_backends`] against a connection census instead of a walk of its
+    /// own: releases the draining backends that left the plan over [`DRAIN_GRACE_NS`] before
+    /// the census's walk began (`walk_started_ns`, monotonic) and that none of the flows it
+    /// read points at (`referenced`). A flow to a backend is only created while the backend
+    /// is planned, so every flow it may still have was in the table when such a walk began.
+    /// Returns (released, still draining).
+    pub fn release_unreferenced(
+        &mut self,
+        referenced: &HashSet<u32>,
+        walk_started_ns: u64,
+    ) -> anyhow::Result<(usize, usize)> {
+        // Every planned id is a known backend: no more known ones, none draining.
+        if self.backends.len() == self.backend_users.len() {
+            return Ok((0, 0));
+        }
+        let now = monotonic_ns();
+        let candidates: Vec<u32> = self
+            .backends
+            .keys()
+            .filter(|id| !self.backend_users.contains_key(id))
+            .copied()
+            .collect();
+        let (mut released, mut draining) = (0, 0);
+        for id in candidates {
+            // One that left the plan unseen (an adopted datapath's, a failed apply's) counts
+            // from now.
+            let left = *self.unplanned_ns.entry(id).or_insert(now);
+            if referenced.contains(&id) || left.saturating_add(DRAIN_GRACE_NS) > walk_started_ns {
+                draining += 1;
+                continue;
+            }
+            self.maps
+                .backends
+                .set(id, Backend::default(), 0)
+                .context("clearing XLB_BACKENDS")?;
+            self.release_backend(id);
+            released += 1;
+        }
+        Ok((released, draining))
+    }
+
+    fn release_backend(&mut self, id: u32) {
+        self.backend_alloc.release(id);
+        self.unplanned_ns.remove(&id);
+        if let Some(b) = self.backends.remove(&id) {
+            self.backend_ids.remove(&(b.addr, b.port, b.proto));
+        }
     }
 
     /// The ids of backends currently planned (for periodic draining sweeps).

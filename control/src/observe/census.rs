@@ -25,6 +25,8 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use lb_common::maps::FlowKey;
+
 use crate::{
     datapath::{conntrack, maps::Maps, pins},
     sys::clock::{monotonic_ns, thread_cpu_s, unix_now},
@@ -67,7 +69,7 @@ pub struct Census {
     pub per_s: u32,
     /// Entries read, a churning table's repeats included.
     pub read: u64,
-    /// Distinct entries.
+    /// Distinct entries, less those [`sweep`] removed (the table's fill after the census).
     pub entries: u64,
     /// Of those, the active ones (`CtValue::is_active`), which the per-frontend and
     /// per-backend counts count.
@@ -75,6 +77,20 @@ pub struct Census {
     pub capacity: u32,
     pub per_frontend: BTreeMap<u32, u64>,
     pub per_backend: BTreeMap<u32, u64>,
+    /// Monotonic time the walk started (ns): a backend that left the plan before it and that
+    /// no flow of the walk points at is unused ([`Census::referenced`]).
+    #[serde(default)]
+    pub started_ns: u64,
+    /// Flows idle past their timeout when read, that [`sweep`] removed after the walk.
+    #[serde(default)]
+    pub expired: u64,
+    /// Backend ids the flows that are not expired point at (the run loop releases drained
+    /// backends against it).
+    #[serde(skip)]
+    pub referenced: HashSet<u32>,
+    /// Flows expired when read (key, backend id), left for [`sweep`].
+    #[serde(skip)]
+    pub stale: Vec<(FlowKey, u32)>,
 }
 
 impl Census {
@@ -100,6 +116,7 @@ pub fn take(maps: &Maps, per_s: Option<u32>) -> anyhow::Result<Census> {
     let (t0, cpu0) = (Instant::now(), thread_cpu_s());
     let mut c = Census {
         started_unix,
+        started_ns: monotonic_ns(),
         per_s: per_s.unwrap_or(0),
         capacity: conntrack::capacity(maps)?,
         ..Default::default()
@@ -109,7 +126,13 @@ pub fn take(maps: &Maps, per_s: Option<u32>) -> anyhow::Result<Census> {
     c.read = conntrack::walk_paced(maps, per_s, |k, v| {
         if seen.insert(hasher.hash_one(k)) {
             c.entries += 1;
-            if v.is_active(k.proto, monotonic_ns()) {
+            let now = monotonic_ns();
+            if v.is_expired(k.proto, now) {
+                c.stale.push((k, v.backend_id));
+            } else {
+                c.referenced.insert(v.backend_id);
+            }
+            if v.is_active(k.proto, now) {
                 c.active += 1;
                 *c.per_frontend.entry(v.frontend_id).or_default() += 1;
                 *c.per_backend.entry(v.backend_id).or_default() += 1;
@@ -121,6 +144,28 @@ pub fn take(maps: &Maps, per_s: Option<u32>) -> anyhow::Result<Census> {
     c.cpu_s = thread_cpu_s() - cpu0;
     c.taken_unix = unix_now();
     Ok(c)
+}
+
+/// The idle sweep, after a walk: removes the flows `census` read as expired that still are
+/// (one refreshed since is counted as a reference instead), each with its reverse NAT. The
+/// walk is paced, so this costs the run loop nothing and the table no second walk.
+pub fn sweep(maps: &mut Maps, census: &mut Census) -> anyhow::Result<()> {
+    for (k, backend_id) in std::mem::take(&mut census.stale) {
+        match maps.conntrack.get(&k, 0) {
+            Ok(v) if v.is_expired(k.proto, monotonic_ns()) => {
+                if conntrack::remove_flow(maps, &k, backend_id)? {
+                    census.expired += 1;
+                }
+            }
+            Ok(v) => {
+                census.referenced.insert(v.backend_id);
+            }
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e).context("reading XLB_CONNTRACK"),
+        }
+    }
+    census.entries = census.entries.saturating_sub(census.expired);
+    Ok(())
 }
 
 /// Writes `census` for the CLI, atomically.
@@ -161,21 +206,26 @@ pub fn read(pin_dir: &Path) -> anyhow::Result<Published> {
     }
 }
 
-/// Runs the census in a thread of its own for as long as the process lives: each one published
-/// for the CLI and handed to `taken` (the run status, for `/metrics`).
+/// Runs the census in a thread of its own for as long as the process lives: each one swept
+/// ([`sweep`]), published for the CLI and handed to `taken` (the run status, for `/metrics`
+/// and the run loop's release of drained backends).
 pub fn spawn(
     pin_dir: PathBuf,
     opts: CensusOptions,
     taken: impl Fn(Census) + Send + 'static,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let maps = Maps::from_pins(&pin_dir).context("opening the maps for the connection census")?;
+    let mut maps =
+        Maps::from_pins(&pin_dir).context("opening the maps for the connection census")?;
     std::thread::Builder::new()
         .name("xlb-census".into())
         .spawn(move || {
             loop {
                 let started = Instant::now();
                 match take(&maps, Some(opts.per_s)) {
-                    Ok(c) => {
+                    Ok(mut c) => {
+                        if let Err(e) = sweep(&mut maps, &mut c) {
+                            tracing::warn!(error = format!("{e:#}"), "idle sweep");
+                        }
                         if let Err(e) = publish(&pin_dir, &c) {
                             tracing::warn!(error = format!("{e:#}"), "connection census");
                         }

@@ -10,13 +10,12 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::Context as _;
-use lb_common::maps::Counter;
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -26,10 +25,11 @@ use crate::{
     datapath::maps::Maps,
     datapath::reconcile::Snapshot,
     observe::census::Census,
-    observe::counters::{self, ReasonClass, Sample},
+    observe::counters::{self, ReasonClass},
     observe::health::{self, Readiness},
     observe::http::{self, Request, Response, Router},
     observe::ifaces,
+    observe::series::{self, Counts, Detail, MetricsOptions, SeriesCache},
     sys::clock::unix_now,
 };
 
@@ -216,6 +216,11 @@ impl RunStatus {
         &self.readiness
     }
 
+    /// The generation programmed last (0: none yet).
+    pub fn generation(&self) -> u64 {
+        self.with(|s| s.generation)
+    }
+
     /// The run loop is alive.
     pub fn heartbeat(&self) {
         self.readiness.heartbeat();
@@ -301,14 +306,24 @@ impl RunStatus {
         self.readiness.set_attached(iface, false);
     }
 
-    /// A connection census ended.
+    /// A connection census ended (and swept the idle flows it found).
     pub fn census_taken(&self, census: Census) {
         self.with(|s| {
             s.census_walks += 1;
             s.census_cpu_s += census.cpu_s;
             s.census_read += census.read;
+            s.expired_flows += census.expired;
             s.census = Some(Arc::new(census));
         });
+    }
+
+    /// The last census and its number (`census_walks`), if it is later than census `seen`.
+    pub fn census_after(&self, seen: u64) -> Option<(u64, Arc<Census>)> {
+        self.with(|s| {
+            (s.census_walks > seen)
+                .then(|| s.census.clone().map(|c| (s.census_walks, c)))
+                .flatten()
+        })
     }
 
     /// A programming attempt failed (bad config, map error); the last good state stays.
@@ -316,10 +331,9 @@ impl RunStatus {
         self.with(|s| s.reconcile_errors += 1);
     }
 
-    /// A sweep expired idle flows and released drained backends; `draining` are left.
-    pub fn swept(&self, expired: usize, released: usize, draining: usize) {
+    /// Drained backends were released; `draining` are left.
+    pub fn swept(&self, released: usize, draining: usize) {
         self.with(|s| {
-            s.expired_flows += expired as u64;
             s.released_backends += released as u64;
             s.draining_backends = draining as u64;
         });
@@ -331,15 +345,24 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     http::bind(addr).with_context(|| format!("--metrics-addr {addr}"))
 }
 
-/// Serves `/metrics` and the probes on `listener` from a task of `runtime`.
+/// Serves `/metrics` (under `opts`) and the probes on `listener` from a task of `runtime`.
 pub fn serve(
     runtime: &Handle,
     listener: TcpListener,
     pin_dir: PathBuf,
     status: Arc<RunStatus>,
+    opts: MetricsOptions,
 ) -> anyhow::Result<JoinHandle<()>> {
     let addr = listener.local_addr()?;
-    let router: Router = Arc::new(move |request: &Request| route(&pin_dir, &status, request));
+    let scraper = Arc::new(Scraper {
+        pin_dir,
+        opts,
+        // Scrapes take turns: the prepared text is shared, and two at once would only double
+        // the memory of the largest exposition.
+        cache: Mutex::new(SeriesCache::default()),
+    });
+    runtime.spawn(keep_prepared(scraper.clone(), status.clone()));
+    let router: Router = Arc::new(move |request: &Request| route(&scraper, &status, request));
     tracing::info!(%addr, "serving /metrics, /livez, /healthz and /readyz");
     Ok(http::serve(runtime, listener, router))
 }
@@ -347,12 +370,45 @@ pub fn serve(
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-fn route(pin_dir: &Path, status: &RunStatus, request: &Request) -> Response {
+/// How soon after a programming the label text of the changed Service ports is prepared.
+const PREPARE_EVERY: Duration = Duration::from_secs(1);
+
+/// Prepares the label text of each generation as it is programmed, so that no scrape pays for
+/// it (at 10,000 Services, a cold preparation costs more than the scrape that uses it).
+async fn keep_prepared(scraper: Arc<Scraper>, status: Arc<RunStatus>) {
+    let mut tick = tokio::time::interval(PREPARE_EVERY);
+    let mut prepared = None;
+    loop {
+        tick.tick().await;
+        let generation = status.generation();
+        if prepared == Some(generation) {
+            continue;
+        }
+        prepared = Some(generation);
+        let (scraper, status) = (scraper.clone(), status.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut cache = scraper.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.refresh(&status.view().snapshot);
+            let detail = cache.choose(&scraper.opts);
+            cache.prepare(detail);
+        })
+        .await;
+    }
+}
+
+/// What a `/metrics` scrape reads and keeps.
+struct Scraper {
+    pin_dir: PathBuf,
+    opts: MetricsOptions,
+    cache: Mutex<SeriesCache>,
+}
+
+fn route(scraper: &Scraper, status: &RunStatus, request: &Request) -> Response {
     let response = health::read_only(request)
         .or_else(|| health::probe(&request.path, status.readiness()))
         .unwrap_or_else(|| match request.path.as_str() {
             "/metrics" => scrape(
-                pin_dir,
+                scraper,
                 &status.view(),
                 request.accept.contains("application/openmetrics-text"),
             ),
@@ -365,8 +421,12 @@ fn route(pin_dir: &Path, status: &RunStatus, request: &Request) -> Response {
     response.with_header("Cache-Control", "no-cache".into())
 }
 
-fn scrape(pin_dir: &Path, view: &StatusView, openmetrics: bool) -> Response {
-    match Maps::from_pins(pin_dir).and_then(|maps| render(&maps, view, openmetrics)) {
+fn scrape(scraper: &Scraper, view: &StatusView, openmetrics: bool) -> Response {
+    let mut cache = scraper.cache.lock().unwrap_or_else(|p| p.into_inner());
+    let body = Maps::from_pins(&scraper.pin_dir)
+        .and_then(|maps| render_with(&maps, view, openmetrics, &scraper.opts, &mut cache));
+    drop(cache);
+    match body {
         Ok(body) => Response {
             status: 200,
             content_type: if openmetrics { OPENMETRICS } else { PROMETHEUS },
@@ -392,13 +452,7 @@ struct Expo {
 impl Expo {
     /// Starts family `name` (counters are named with their `_total` suffix here).
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let base = if self.openmetrics && kind == "counter" {
-            name.strip_suffix("_total").unwrap_or(name)
-        } else {
-            name
-        };
-        let _ = writeln!(self.out, "# HELP {base} {help}");
-        let _ = writeln!(self.out, "# TYPE {base} {kind}");
+        family_into(&mut self.out, self.openmetrics, name, kind, help);
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
@@ -442,6 +496,18 @@ impl Expo {
     }
 }
 
+/// Writes family `name`'s HELP and TYPE lines (OpenMetrics names a counter family without its
+/// `_total`).
+fn family_into(out: &mut String, openmetrics: bool, name: &str, kind: &str, help: &str) {
+    let base = if openmetrics && kind == "counter" {
+        name.strip_suffix("_total").unwrap_or(name)
+    } else {
+        name
+    };
+    let _ = writeln!(out, "# HELP {base} {help}");
+    let _ = writeln!(out, "# TYPE {base} {kind}");
+}
+
 /// A series' labels, in exposition order.
 type Labels = Vec<(&'static str, String)>;
 
@@ -467,20 +533,64 @@ fn number(v: f64) -> String {
     }
 }
 
-/// The whole exposition: datapath counters read from `maps` now, control-plane state from
-/// `st`. Prometheus text format 0.0.4, or OpenMetrics 1.0 (`# EOF`, counter families named
-/// without `_total`).
+/// The whole exposition with the default [`MetricsOptions`] and no prepared text: datapath
+/// counters read from `maps` now, control-plane state from `st`. Prometheus text format 0.0.4,
+/// or OpenMetrics 1.0 (`# EOF`, counter families named without `_total`).
 pub fn render(maps: &Maps, st: &StatusView, openmetrics: bool) -> anyhow::Result<String> {
-    let sample = counters::read(maps, &st.snapshot)?;
-    let flows = st.census.as_deref();
+    render_with(
+        maps,
+        st,
+        openmetrics,
+        &MetricsOptions::default(),
+        &mut SeriesCache::default(),
+    )
+}
+
+/// [`render`] under `opts`, with the per-object label text kept in `cache` across scrapes.
+pub fn render_with(
+    maps: &Maps,
+    st: &StatusView,
+    openmetrics: bool,
+    opts: &MetricsOptions,
+    cache: &mut SeriesCache,
+) -> anyhow::Result<String> {
+    cache.refresh(&st.snapshot);
+    let detail = cache.choose(opts);
+    // Batched reads of ids 0..n (ids are allocated densely from 0), only those exported.
+    let (n_fe, n_be) = cache.id_ranges(detail);
+    let fe = if n_fe > 0 {
+        maps.frontend_counters(n_fe)?
+    } else {
+        Vec::new()
+    };
+    let be = if n_be > 0 {
+        maps.backend_counters(n_be)?
+    } else {
+        Vec::new()
+    };
+    let global = counters::global(maps)?;
     let capacity = conntrack::capacity(maps)?;
+    let census = st.census.as_deref();
+    let fe_conns = dense(census.map(|c| &c.per_frontend), n_fe);
+    let be_conns = dense(census.map(|c| &c.per_backend), n_be);
     let mut e = Expo {
-        out: String::new(),
+        out: String::with_capacity(cache.last_len + 64 * 1024),
         openmetrics,
     };
-    frontend_families(&mut e, &st.snapshot, &sample, flows);
-    backend_families(&mut e, &st.snapshot, &sample, flows);
-    reason_families(&mut e, &sample.global);
+    series::write(
+        &mut e.out,
+        cache,
+        detail,
+        &series::Readings {
+            frontends: &fe,
+            backends: &be,
+            frontend_conns: &fe_conns,
+            backend_conns: &be_conns,
+        },
+        |out, name, kind, help| family_into(out, openmetrics, name, kind, help),
+    );
+    detail_families(&mut e, opts, detail, cache.counts());
+    reason_families(&mut e, &global);
     conntrack_families(&mut e, st, capacity);
     syn_guard_families(&mut e, maps)?;
     control_plane_families(&mut e, st);
@@ -489,128 +599,40 @@ pub fn render(maps: &Maps, st: &StatusView, openmetrics: bool) -> anyhow::Result
     if openmetrics {
         e.out.push_str("# EOF\n");
     }
+    cache.last_len = e.out.len();
     Ok(e.out)
 }
 
-/// Every programmed frontend: its labels and id.
-fn frontends(snapshot: &Snapshot) -> Vec<(Labels, u32)> {
-    let mut out = Vec::new();
-    for s in &snapshot.services {
-        for f in &s.frontends {
-            let frontend = match f.addr {
-                Some(a) => format!("{a}:{}", f.port),
-                None => format!("*:{}", f.port),
-            };
-            let labels = vec![
-                ("service", s.name.clone()),
-                ("protocol", s.protocol.clone()),
-                ("kind", f.kind.clone()),
-                ("frontend", frontend),
-            ];
-            out.push((labels, f.frontend_id));
+/// A census's counts by id as a vector of `0..n` (a scrape looks each id up once).
+fn dense(by_id: Option<&BTreeMap<u32, u64>>, n: u32) -> Vec<u64> {
+    let mut out = vec![0; n as usize];
+    for (id, v) in by_id.into_iter().flatten() {
+        if let Some(slot) = out.get_mut(*id as usize) {
+            *slot = *v;
         }
     }
     out
 }
 
-fn frontend_families(e: &mut Expo, snapshot: &Snapshot, sample: &Sample, flows: Option<&Census>) {
-    let fes = frontends(snapshot);
-    let counter = |id: &u32| -> Counter { sample.frontends.get(id).copied().unwrap_or_default() };
-    e.series(
-        "xlb_frontend_packets_total",
-        "counter",
-        "Packets forwarded through a frontend (LoadBalancer IP, externalIP or NodePort).",
-        fes.iter().map(|(l, id)| (l, counter(id).packets as f64)),
-    );
-    e.series(
-        "xlb_frontend_bytes_total",
-        "counter",
-        "Bytes (whole frames as received) forwarded through a frontend.",
-        fes.iter().map(|(l, id)| (l, counter(id).bytes as f64)),
-    );
-    e.series(
-        "xlb_frontend_new_flows_total",
-        "counter",
-        "Flows (TCP connections, UDP flows) a frontend's traffic opened: connection-table entries created.",
-        fes.iter().map(|(l, id)| (l, counter(id).new_flows as f64)),
-    );
-    e.series(
-        "xlb_frontend_connections",
+/// The per-object detail exported, and whether `--metrics-max-series` lowered it.
+fn detail_families(e: &mut Expo, opts: &MetricsOptions, detail: Detail, counts: Counts) {
+    e.family(
+        "xlb_metrics_detail",
         "gauge",
-        "Active flows of a frontend in the connection table, as the last census counted them.",
-        fes.iter()
-            .map(|(l, id)| (l, flows.map_or(0, |c| c.frontend(*id)) as f64)),
+        "The per-object series this endpoint exports (1 for the level): backends, frontends or none (--metrics-detail, capped by --metrics-max-series).",
     );
-}
-
-/// One series per backend (a pod port shared by two Service ports has one set of counters),
-/// by backend id.
-fn backends(snapshot: &Snapshot) -> BTreeMap<u32, Labels> {
-    let mut out = BTreeMap::new();
-    for s in &snapshot.services {
-        for b in &s.backends {
-            out.entry(b.backend_id).or_insert_with(|| {
-                vec![
-                    ("backend", format!("{}:{}", b.addr, b.port)),
-                    ("protocol", s.protocol.clone()),
-                    ("node", b.node.clone().unwrap_or_default()),
-                ]
-            });
-        }
-    }
-    out
-}
-
-/// The backend counters and connections, then the Maglev slots each Service port gives a
-/// backend.
-fn backend_families(e: &mut Expo, snapshot: &Snapshot, sample: &Sample, flows: Option<&Census>) {
-    let bes = backends(snapshot);
-    let counter = |id: &u32| -> Counter { sample.backends.get(id).copied().unwrap_or_default() };
-    e.series(
-        "xlb_backend_packets_total",
-        "counter",
-        "Packets forwarded to a backend (pod address and target port).",
-        bes.iter().map(|(id, l)| (l, counter(id).packets as f64)),
-    );
-    e.series(
-        "xlb_backend_bytes_total",
-        "counter",
-        "Bytes (whole frames as received) forwarded to a backend.",
-        bes.iter().map(|(id, l)| (l, counter(id).bytes as f64)),
-    );
-    e.series(
-        "xlb_backend_new_flows_total",
-        "counter",
-        "Flows the datapath sent to a backend: connection-table entries created for it.",
-        bes.iter().map(|(id, l)| (l, counter(id).new_flows as f64)),
-    );
-    e.series(
-        "xlb_backend_connections",
+    e.sample("xlb_metrics_detail", &[("level", detail.name())], 1.0);
+    e.single(
+        "xlb_metrics_detail_capped",
         "gauge",
-        "Active flows to a backend in the connection table, as the last census counted them.",
-        bes.iter()
-            .map(|(id, l)| (l, flows.map_or(0, |c| c.backend(*id)) as f64)),
+        "1 while --metrics-max-series keeps the per-object series below the --metrics-detail asked for.",
+        if detail < opts.detail { 1.0 } else { 0.0 },
     );
-    let slots: Vec<(Labels, f64)> = snapshot
-        .services
-        .iter()
-        .flat_map(|s| {
-            s.backends.iter().map(|b| {
-                let labels = vec![
-                    ("service", s.name.clone()),
-                    ("backend", format!("{}:{}", b.addr, b.port)),
-                    ("protocol", s.protocol.clone()),
-                    ("state", b.state.clone()),
-                ];
-                (labels, b.slots as f64)
-            })
-        })
-        .collect();
-    e.series(
-        "xlb_backend_slots",
+    e.single(
+        "xlb_metrics_object_series",
         "gauge",
-        "Maglev table slots a Service port gives a backend (0: takes no new flows).",
-        slots.iter().map(|(l, v)| (l, *v)),
+        "Per-object series (per frontend, per backend) the --metrics-detail asked for would export.",
+        counts.series(opts.detail) as f64,
     );
 }
 
@@ -736,7 +758,7 @@ fn conntrack_families(e: &mut Expo, st: &StatusView, capacity: u32) {
     e.single(
         "xlb_conntrack_expired_total",
         "counter",
-        "Idle flows removed from the connection table by the periodic sweep.",
+        "Idle flows removed from the connection table by the idle sweep (after each connection census).",
         st.expired_flows as f64,
     );
     e.single(
@@ -921,10 +943,14 @@ mod tests {
     fn routes() {
         let status = RunStatus::new(Readiness::new());
         status.heartbeat();
-        let pins = Path::new("/nonexistent/xlb-pins");
+        let scraper = Scraper {
+            pin_dir: "/nonexistent/xlb-pins".into(),
+            opts: MetricsOptions::default(),
+            cache: Mutex::new(SeriesCache::default()),
+        };
         let get = |method: &str, path: &str| {
             route(
-                pins,
+                &scraper,
                 &status,
                 &Request {
                     method: method.into(),

@@ -9,3 +9,4 @@ pub mod http;
 pub mod ifaces;
 pub mod logging;
 pub mod metrics;
+pub mod series;
