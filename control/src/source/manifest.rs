@@ -150,12 +150,16 @@ impl Object {
         }
     }
 
-    /// Inserts or replaces the object in `state` (nothing happens without a name).
+    /// Inserts or replaces the object in `state` (nothing happens without a name), without
+    /// the fields compile does not read, as the Kubernetes source stores them.
     pub fn upsert_into(self, state: &mut ClusterState) {
+        use crate::source::kube::{trim_endpoint_slice, trim_node, trim_service};
         let _ = match self {
-            Object::Service(o) => state.upsert_service(*o).map(drop),
-            Object::EndpointSlice(o) => state.upsert_endpoint_slice(*o).map(drop),
-            Object::Node(o) => state.upsert_node(*o).map(drop),
+            Object::Service(o) => state.upsert_service(trim_service(*o)).map(drop),
+            Object::EndpointSlice(o) => state
+                .upsert_endpoint_slice(trim_endpoint_slice(*o))
+                .map(drop),
+            Object::Node(o) => state.upsert_node(trim_node(*o)).map(drop),
         };
     }
 }
@@ -388,7 +392,38 @@ pub struct ManifestSet {
     /// Every file of the set, ordered by path (the files of one directory: by name).
     files: BTreeMap<PathBuf, StampedFile>,
     /// Which files define each object.
-    defs: HashMap<ObjectId, BTreeSet<PathBuf>>,
+    defs: HashMap<ObjectId, Definers>,
+}
+
+/// The files that define one object, sorted. Almost always one: a vector, where a set would
+/// allocate a node for eleven per object.
+#[derive(Debug, Default)]
+struct Definers(Vec<PathBuf>);
+
+impl Definers {
+    fn insert(&mut self, path: PathBuf) {
+        if let Err(i) = self.0.binary_search(&path) {
+            self.0.insert(i, path);
+        }
+    }
+
+    fn remove(&mut self, path: &PathBuf) {
+        if let Ok(i) = self.0.binary_search(path) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, PathBuf> {
+        self.0.iter()
+    }
 }
 
 /// An object's kind and key.
@@ -627,6 +662,21 @@ impl ManifestSet {
             }
             self.files.insert(path.clone(), (stamp.clone(), ids));
         }
+        // Each read file's last definition of each object, moved (not copied) into the state.
+        let mut latest: HashMap<PathBuf, HashMap<ObjectId, Object>> = fresh
+            .into_iter()
+            .map(|(path, (_, file))| (path, file))
+            .chain(again)
+            .map(|(path, file)| {
+                let mut defined = HashMap::new();
+                for (object, _) in file.objects {
+                    if let Some(key) = object.key() {
+                        defined.insert((object.kind(), key), object);
+                    }
+                }
+                (path, defined)
+            })
+            .collect();
         for (id, winner) in affected.iter_mut() {
             let Some(files) = self.defs.get(id) else {
                 continue;
@@ -650,17 +700,9 @@ impl ManifestSet {
                     others.join(", ")
                 ));
             }
-            let objects = match fresh.get(last) {
-                Some((_, file)) => &file.objects,
-                None => &again.get(last).expect("read again above").objects,
-            };
-            *winner = objects
-                .iter()
-                .rev()
-                .map(|(o, _)| o)
-                .find(|o| o.kind() == id.0 && o.key().as_ref() == Some(&id.1))
-                .cloned();
+            *winner = latest.get_mut(last).and_then(|defined| defined.remove(id));
         }
+        drop(latest);
         for ((kind, key), winner) in affected {
             match winner {
                 Some(object) => object.upsert_into(state),
