@@ -753,7 +753,7 @@ impl ManifestSet {
             let unchanged = self
                 .defs
                 .get(id)
-                .and_then(|files| files.iter().filter(|p| !changed(p)).next_back());
+                .and_then(|files| files.iter().rfind(|p| !changed(p)));
             let Some(unchanged) = unchanged else { continue };
             let beaten = new_ids
                 .iter()
