@@ -276,8 +276,8 @@ impl DemoArgs {
 #[derive(clap::Args)]
 struct ControlArgs {
     /// Numbers of Services to program (comma-separated); a fresh lab and `xlb run` for each.
-    /// 100000 takes several minutes here (and more than this build's 16,384 Service ports: xlb
-    /// is then skipped and only the baselines are loaded).
+    /// `xlb run` gets `--max-services`, `--max-frontends` and `--max-backends` sized for N where
+    /// the defaults are too small. 100000 takes several minutes here.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     services: Vec<u32>,
     /// Endpoints per Service (synthetic pod addresses, all local to the node).

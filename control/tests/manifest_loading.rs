@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use xlb::source::cluster::ClusterState;
 use xlb::source::manifest::{self, ManifestError};
 use xlb::source::{ConfigSource, ManifestSource, Poll};
 
@@ -405,52 +406,6 @@ fn missing_paths_and_empty_directories_are_errors() {
     assert!(err.to_string().contains("no *.yaml, *.yml or *.json files"));
 }
 
-#[test]
-fn fingerprint_changes_with_the_manifest_set() {
-    let tmp = TempDir::new("fingerprint");
-    fs::write(
-        tmp.0.join("a.yaml"),
-        "apiVersion: v1\nkind: List\nitems: []\n",
-    )
-    .unwrap();
-    let first = manifest::fingerprint(&tmp.0).unwrap();
-    assert_eq!(first.0.len(), 1);
-    assert_eq!(manifest::fingerprint(&tmp.0).unwrap(), first);
-
-    // Files load ignores do not count.
-    fs::write(tmp.0.join("notes.txt"), "hello").unwrap();
-    fs::write(tmp.0.join(".a.yaml.swp"), "hello").unwrap();
-    assert_eq!(manifest::fingerprint(&tmp.0).unwrap(), first);
-
-    // A new manifest file does.
-    fs::write(tmp.0.join("b.yml"), "").unwrap();
-    let second = manifest::fingerprint(&tmp.0).unwrap();
-    assert_ne!(second, first);
-
-    // So does a content change (size differs), and a same-size replacement (new inode).
-    fs::write(
-        tmp.0.join("a.yaml"),
-        "apiVersion: v1\nkind: List\nitems: [] \n",
-    )
-    .unwrap();
-    let third = manifest::fingerprint(&tmp.0).unwrap();
-    assert_ne!(third, second);
-    fs::write(
-        tmp.0.join("tmp"),
-        "apiVersion: v1\nkind: List\nitems: []\n\n",
-    )
-    .unwrap();
-    fs::rename(tmp.0.join("tmp"), tmp.0.join("a.yaml")).unwrap();
-    assert_ne!(manifest::fingerprint(&tmp.0).unwrap(), third);
-
-    // A single-file path fingerprints that file.
-    assert_eq!(
-        manifest::fingerprint(&tmp.0.join("b.yml")).unwrap().0.len(),
-        1
-    );
-    assert!(manifest::fingerprint(&tmp.0.join("gone.yaml")).is_err());
-}
-
 /// A Service and its EndpointSlice with `n` endpoints, as one file's text.
 fn service_text(name: &str, n: u8) -> String {
     let mut y = format!(
@@ -467,23 +422,28 @@ fn service_text(name: &str, n: u8) -> String {
 }
 
 #[test]
-fn cached_reload_parses_only_changed_files_and_equals_a_full_load() {
-    let tmp = TempDir::new("cache");
+fn set_update_parses_only_changed_files_and_equals_a_full_load() {
+    let tmp = TempDir::new("set");
     let dir = &tmp.0;
     for (name, n) in [("a", 1), ("b", 2), ("c", 3)] {
         fs::write(dir.join(format!("{name}.yaml")), service_text(name, n)).unwrap();
     }
-    let mut cache = manifest::ManifestCache::new();
-    let check = |cache: &mut manifest::ManifestCache, parsed: usize| {
-        let cached = manifest::load_cached(dir, cache).unwrap();
-        assert_eq!(cached, manifest::load(dir).unwrap());
-        assert_eq!(cache.last_parsed(), parsed, "files parsed");
-        assert_eq!(cache.len(), cached.files.len());
-        cached
+    let mut set = manifest::ManifestSet::new();
+    let mut state = ClusterState::new();
+    let check = |set: &mut manifest::ManifestSet, state: &mut ClusterState, parsed: usize| {
+        let update = set.update(dir, None, state).unwrap();
+        let full = manifest::load(dir).unwrap();
+        assert!(
+            *state == full.state,
+            "the set's state differs from a full load"
+        );
+        assert_eq!(update.parsed, parsed, "files parsed");
+        assert_eq!(set.len(), full.files.len());
+        update
     };
-    assert_eq!(check(&mut cache, 3).state.services().count(), 3);
+    check(&mut set, &mut state, 3);
     // Nothing changed: nothing parsed.
-    check(&mut cache, 0);
+    check(&mut set, &mut state, 0);
     // One file changes (size), one is replaced by a rename with the same size (new inode).
     fs::write(dir.join("b.yaml"), service_text("b", 4)).unwrap();
     fs::write(
@@ -492,30 +452,42 @@ fn cached_reload_parses_only_changed_files_and_equals_a_full_load() {
     )
     .unwrap();
     fs::rename(dir.join(".tmp"), dir.join("c.yaml")).unwrap();
-    check(&mut cache, 2);
+    check(&mut set, &mut state, 2);
     // A new file, then a removed one.
     fs::write(dir.join("d.yaml"), service_text("d", 1)).unwrap();
-    assert_eq!(check(&mut cache, 1).state.services().count(), 4);
+    check(&mut set, &mut state, 1);
     fs::remove_file(dir.join("a.yaml")).unwrap();
-    assert_eq!(check(&mut cache, 0).state.services().count(), 3);
-    // A broken file fails the load and leaves the cache as the last good load left it.
+    check(&mut set, &mut state, 0);
+    // A broken file fails the update and leaves the set as the last good update left it.
     fs::write(dir.join("b.yaml"), "kind: [unclosed\n").unwrap();
-    let err = manifest::load_cached(dir, &mut cache).unwrap_err();
+    let before = state.clone();
+    let err = set.update(dir, None, &mut state).unwrap_err();
     assert!(err.to_string().contains("b.yaml"), "{err}");
-    assert_eq!(cache.len(), 3);
+    assert!(state == before);
+    assert_eq!(set.len(), 3);
     fs::write(dir.join("b.yaml"), service_text("b", 2)).unwrap();
-    check(&mut cache, 1);
-    // A later file redefining an object wins and is warned about, cached or not.
+    check(&mut set, &mut state, 1);
+    // A later file redefining an object wins and is warned about.
     fs::write(dir.join("e.yaml"), service_text("d", 2)).unwrap();
-    let loaded = check(&mut cache, 1);
+    let update = check(&mut set, &mut state, 1);
     assert!(
-        loaded.warnings.iter().any(|w| w.contains("defined again")),
+        update.warnings.iter().any(|w| w.contains("defined again")),
         "{:?}",
-        loaded.warnings
+        update.warnings
     );
-    fs::write(dir.join("f.yaml"), "").unwrap();
-    let again = check(&mut cache, 1);
-    assert_eq!(again.warnings, loaded.warnings);
+    // The winning file gone: the definition of the unchanged earlier file applies again,
+    // read again from that file (the set keeps no objects): one file parsed, none changed.
+    fs::remove_file(dir.join("e.yaml")).unwrap();
+    check(&mut set, &mut state, 1);
+    assert_eq!(
+        state
+            .endpoint_slice("default", "d-a")
+            .unwrap()
+            .endpoints
+            .as_ref()
+            .map(Vec::len),
+        Some(1)
+    );
 }
 
 // ---- objects the API server would refuse ----

@@ -37,7 +37,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{ArrayOfMaps, HashMap as BpfHashMap, Map, MapData, MapError, MapInfo};
 use lb_common::maps::{
     ALL_MAPS, CtValue, FlowKey, FrontendKey, FrontendValue, IPPROTO_TCP, MAP_CONNTRACK,
-    MAP_FRONTENDS, MAP_MAGLEV, MAX_BACKENDS, MAX_SERVICES,
+    MAP_FRONTENDS, MAP_MAGLEV, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES,
 };
 
 use crate::baseline::{self, SvcPort};
@@ -619,24 +619,44 @@ fn check_options(opts: &ControlOptions) -> Result<()> {
 /// The most Services a run takes (VIP × port pairs kept well within the lab's ranges).
 const MAX_BENCH_SERVICES: u32 = 1_000_000;
 
-/// Why this build's `xlb run` cannot hold `n` Services × `e` endpoints (and the changes), if it
-/// cannot: the datapath's capacities. The baselines are measured anyway.
+/// The largest value `xlb run`'s `--max-*` flags take (`control/src/datapath/capacity.rs`).
+const XLB_MAX_CAPACITY: u64 = 1 << 24;
+
+/// Service ports, frontends and backends a run of `n` Services needs: the Services, one more for
+/// the add/remove changes, and the endpoints the changes add.
+fn needed(n: u32, opts: &ControlOptions) -> (u64, u64, u64) {
+    let services = n as u64 + 1;
+    let backends =
+        n as u64 * opts.endpoints as u64 + opts.changes as u64 * (opts.endpoints as u64 + 1);
+    (services, services, backends)
+}
+
+/// Why `xlb run` cannot hold `n` Services × `e` endpoints (and the changes), if it cannot: the
+/// largest capacities its flags take. The baselines are measured anyway.
 fn over_capacity(n: u32, opts: &ControlOptions) -> Option<String> {
-    // One more Service for the add/remove changes.
-    if n + 1 > MAX_SERVICES {
+    let (services, _, backends) = needed(n, opts);
+    if services > XLB_MAX_CAPACITY || backends > XLB_MAX_CAPACITY {
         return Some(format!(
-            "{n} Services (+1 for the changes) exceed this build's {MAX_SERVICES} Service ports"
-        ));
-    }
-    let backends = n as u64 * opts.endpoints as u64;
-    let extra = opts.changes as u64 * (opts.endpoints as u64 + 1);
-    if backends + extra > MAX_BACKENDS as u64 {
-        return Some(format!(
-            "{n} Services × {} endpoints (+ {extra} for the changes) exceed this build's {MAX_BACKENDS} backends",
+            "{n} Services × {} endpoints need {services} Service ports and {backends} backends; \
+             xlb's --max-services and --max-backends take at most {XLB_MAX_CAPACITY}",
             opts.endpoints
         ));
     }
     None
+}
+
+/// `--max-services`, `--max-frontends` and `--max-backends` for `n` Services: the defaults, or
+/// what the run needs where that is more.
+fn capacity_args(n: u32, opts: &ControlOptions) -> Vec<String> {
+    let (services, frontends, backends) = needed(n, opts);
+    vec![
+        "--max-services".into(),
+        services.max(MAX_SERVICES as u64).to_string(),
+        "--max-frontends".into(),
+        frontends.max(MAX_FRONTENDS as u64).to_string(),
+        "--max-backends".into(),
+        backends.max(MAX_BACKENDS as u64).to_string(),
+    ]
 }
 
 /// Everything for one N. Errors leave `run.problems` to the caller; the lab and the process are
@@ -690,6 +710,7 @@ fn measure(n: u32, opts: &ControlOptions, run: &mut ControlRun) -> Result<()> {
         "--xdp-mode".into(),
         opts.xdp_mode.clone(),
     ];
+    xo.extra_args.extend(capacity_args(n, opts));
     let from_scratch_timeout = Duration::from_secs(60) + Duration::from_millis(10) * n;
 
     // ---- from scratch ----
@@ -941,6 +962,7 @@ fn observe(
         "--metrics-addr".into(),
         format!("127.0.0.1:{METRICS_PORT}"),
     ];
+    xo.extra_args.extend(capacity_args(svcs.len() as u32, opts));
     let timeout = Duration::from_secs(60) + Duration::from_millis(10) * svcs.len() as u32;
     let mut xlb = XlbProcess::start(lab, &xo)?;
     wait_generation(&mut xlb, 1, timeout)?;

@@ -48,6 +48,10 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// `XLB_REVNAT`, only while some are kept).
 const PAIRS_EVERY: Duration = Duration::from_secs(10);
 
+/// A generation that compiled this many Services or more gives its freed memory back to the
+/// kernel afterwards (smaller ones reuse what is free).
+const TRIM_AFTER_COMPILED: usize = 1000;
+
 /// How soon a state that failed to apply is tried again (Kubernetes source).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -60,6 +64,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // Bound before anything is attached, so a bad or busy address fails fast.
     let metrics_listener = args.metrics_addr.map(metrics::bind).transpose()?;
     let status = RunStatus::new(Readiness::with_live_within(live_within(args.poll_ms)));
+    // The manifests are read while the datapath loads (the verifier's time), not after it.
+    let early = args.manifests.clone().map(read_early).transpose()?;
     let Attached {
         reconciler,
         ebpf,
@@ -86,7 +92,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         move |c| census_status.census_taken(c),
     )?;
-    let source = start_source(&args, &runtime)?;
+    let (source, primed) = match early {
+        Some(reading) => {
+            let (source, first) = reading
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread reading the manifests panicked"))?;
+            (Box::new(source) as Box<dyn ConfigSource>, Some(first))
+        }
+        None => (start_source(&args, &runtime)?, None),
+    };
     tracing::info!(source = %source.describe(), "reading the cluster");
     stop_on_signals();
 
@@ -94,6 +108,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args,
         pin_dir,
         source,
+        primed,
         compiler: Compiler::new(),
         reconciler,
         ebpf,
@@ -380,6 +395,18 @@ fn metrics_options(args: &RunArgs) -> MetricsOptions {
     }
 }
 
+/// Starts reading the manifests at `path` on a thread of its own: the source and its first poll.
+fn read_early(path: PathBuf) -> anyhow::Result<std::thread::JoinHandle<(ManifestSource, Poll)>> {
+    std::thread::Builder::new()
+        .name("xlb-manifests".into())
+        .spawn(move || {
+            let mut source = ManifestSource::new(path);
+            let first = source.poll(Duration::ZERO);
+            (source, first)
+        })
+        .context("starting the thread that reads the manifests")
+}
+
 /// The manifests (`--manifests`) or the Kubernetes API.
 fn start_source(args: &RunArgs, runtime: &Runtime) -> anyhow::Result<Box<dyn ConfigSource>> {
     Ok(match &args.manifests {
@@ -407,6 +434,8 @@ struct Daemon {
     args: RunArgs,
     pin_dir: PathBuf,
     source: Box<dyn ConfigSource>,
+    /// The source's first poll, taken while the datapath loaded.
+    primed: Option<Poll>,
     compiler: Compiler,
     reconciler: Reconciler,
     /// The loaded programs, attached again to an interface that comes back.
@@ -498,7 +527,11 @@ impl Daemon {
     /// Waits up to `--poll-ms` for the source. Returns when the change to program happened
     /// if there is something to program: a change, or a failed state due for a retry.
     fn poll(&mut self) -> Option<Instant> {
-        match self.source.poll(Duration::from_millis(self.args.poll_ms)) {
+        let polled = match self.primed.take() {
+            Some(first) => first,
+            None => self.source.poll(Duration::from_millis(self.args.poll_ms)),
+        };
+        match polled {
             Poll::Unchanged => match self.failed_at {
                 Some(at) if self.source.retries_failures() && at.elapsed() >= RETRY_AFTER => {
                     Some(Instant::now())
@@ -570,6 +603,9 @@ impl Daemon {
         }
         if first {
             tracing::info!("ready: the first full configuration is programmed");
+        }
+        if first || self.compiler.last_compiled() >= TRIM_AFTER_COMPILED {
+            crate::sys::memory::release_free_memory();
         }
     }
 }

@@ -113,8 +113,10 @@ impl Changes {
 /// objects only, not the change record.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterState {
-    services: BTreeMap<ObjectKey, Service>,
-    endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    /// Boxed: a map node has room for eleven entries, and an unboxed Service or EndpointSlice is
+    /// most of a kilobyte, so half-full nodes would waste several megabytes per 10,000 objects.
+    services: BTreeMap<ObjectKey, Box<Service>>,
+    endpoint_slices: BTreeMap<ObjectKey, Box<EndpointSlice>>,
     nodes: BTreeMap<String, Node>,
     /// Service key -> names of the EndpointSlices (same namespace) labelled with it.
     slices_by_service: BTreeMap<ObjectKey, BTreeSet<String>>,
@@ -183,8 +185,8 @@ impl ClusterState {
     /// Replaces every object with those of `other` (a manifest reload), recording only what
     /// differs.
     pub fn replace_all(&mut self, other: ClusterState) -> Result<(), ClusterStateError> {
-        self.replace_services(other.services.into_values())?;
-        self.replace_endpoint_slices(other.endpoint_slices.into_values())?;
+        self.replace_services(other.services.into_values().map(|s| *s))?;
+        self.replace_endpoint_slices(other.endpoint_slices.into_values().map(|s| *s))?;
         self.replace_nodes(other.nodes.into_values())
     }
 
@@ -197,10 +199,10 @@ impl ClusterState {
     ) -> Result<Option<Service>, ClusterStateError> {
         let key = ObjectKey::of(&service.metadata)
             .ok_or(ClusterStateError::MissingName { kind: "Service" })?;
-        if self.services.get(&key) != Some(&service) {
+        if self.services.get(&key).map(|s| &**s) != Some(&service) {
             self.changes.services.insert(key.clone());
         }
-        Ok(self.services.insert(key, service))
+        Ok(self.services.insert(key, Box::new(service)).map(|s| *s))
     }
 
     /// Removes a Service; returns it if it was present.
@@ -208,16 +210,18 @@ impl ClusterState {
         let key = ObjectKey::new(namespace, name);
         let previous = self.services.remove(&key)?;
         self.changes.services.insert(key);
-        Some(previous)
+        Some(*previous)
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.services.get(&ObjectKey::new(namespace, name))
+        self.services
+            .get(&ObjectKey::new(namespace, name))
+            .map(|s| &**s)
     }
 
     /// All Services, ordered by namespace and name.
     pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &Service)> {
-        self.services.iter()
+        self.services.iter().map(|(k, s)| (k, &**s))
     }
 
     pub fn service_count(&self) -> usize {
@@ -233,7 +237,7 @@ impl ClusterState {
         for service in services {
             let key = ObjectKey::of(&service.metadata)
                 .ok_or(ClusterStateError::MissingName { kind: "Service" })?;
-            map.insert(key, service);
+            map.insert(key, Box::new(service));
         }
         let changed = changed_keys(&self.services, &map, |a, b| a == b);
         self.changes.services.extend(changed);
@@ -251,7 +255,7 @@ impl ClusterState {
         let key = ObjectKey::of(&slice.metadata).ok_or(ClusterStateError::MissingName {
             kind: "EndpointSlice",
         })?;
-        if self.endpoint_slices.get(&key) == Some(&slice) {
+        if self.endpoint_slices.get(&key).map(|s| &**s) == Some(&slice) {
             return Ok(Some(slice));
         }
         let previous = self.remove_slice(&key);
@@ -263,7 +267,7 @@ impl ClusterState {
                 .or_default()
                 .insert(key.name.clone());
         }
-        self.endpoint_slices.insert(key, slice);
+        self.endpoint_slices.insert(key, Box::new(slice));
         Ok(previous)
     }
 
@@ -273,7 +277,7 @@ impl ClusterState {
     }
 
     fn remove_slice(&mut self, key: &ObjectKey) -> Option<EndpointSlice> {
-        let previous = self.endpoint_slices.remove(key)?;
+        let previous = *self.endpoint_slices.remove(key)?;
         if let Some(service) = slice_service(key, &previous) {
             if let Some(names) = self.slices_by_service.get_mut(&service) {
                 names.remove(&key.name);
@@ -287,12 +291,14 @@ impl ClusterState {
     }
 
     pub fn endpoint_slice(&self, namespace: &str, name: &str) -> Option<&EndpointSlice> {
-        self.endpoint_slices.get(&ObjectKey::new(namespace, name))
+        self.endpoint_slices
+            .get(&ObjectKey::new(namespace, name))
+            .map(|s| &**s)
     }
 
     /// All EndpointSlices, ordered by namespace and name.
     pub fn endpoint_slices(&self) -> impl Iterator<Item = (&ObjectKey, &EndpointSlice)> {
-        self.endpoint_slices.iter()
+        self.endpoint_slices.iter().map(|(k, s)| (k, &**s))
     }
 
     pub fn endpoint_slice_count(&self) -> usize {
@@ -342,6 +348,7 @@ impl ClusterState {
             .filter_map(move |slice| {
                 self.endpoint_slices
                     .get(&ObjectKey::new(namespace.clone(), slice.clone()))
+                    .map(|s| &**s)
             })
     }
 

@@ -27,19 +27,16 @@
 //! keeps the stored object when an update is refused; the other objects, also those of the same
 //! file, apply.
 //!
-//! To notice changes cheaply, poll [`fingerprint`] and reload when it differs from the one taken
-//! *before* the last load (taking it before loading means a change racing with the load is seen
-//! on the next poll, never lost). [`load_cached`] reloads re-parsing only the files whose
-//! [`FileStamp`] changed: parsing is what a reload of 10,000 Services spends its seconds on.
+//! [`ManifestSet`] keeps the manifests up to date across changes, re-reading only the files that
+//! changed (the watching source in `source/poll.rs` tells it which).
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs;
 use std::io;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -153,12 +150,16 @@ impl Object {
         }
     }
 
-    /// Inserts or replaces the object in `state` (nothing happens without a name).
+    /// Inserts or replaces the object in `state` (nothing happens without a name), without
+    /// the fields compile does not read, as the Kubernetes source stores them.
     pub fn upsert_into(self, state: &mut ClusterState) {
+        use crate::source::kube::{trim_endpoint_slice, trim_node, trim_service};
         let _ = match self {
-            Object::Service(o) => state.upsert_service(*o).map(drop),
-            Object::EndpointSlice(o) => state.upsert_endpoint_slice(*o).map(drop),
-            Object::Node(o) => state.upsert_node(*o).map(drop),
+            Object::Service(o) => state.upsert_service(trim_service(*o)).map(drop),
+            Object::EndpointSlice(o) => state
+                .upsert_endpoint_slice(trim_endpoint_slice(*o))
+                .map(drop),
+            Object::Node(o) => state.upsert_node(trim_node(*o)).map(drop),
         };
     }
 }
@@ -332,20 +333,6 @@ pub struct FileStamp {
     pub ino: u64,
 }
 
-/// Paths, sizes, modification times and inodes of the manifest files: equal fingerprints mean
-/// (for all practical purposes) equal input. Costs one `readdir` and one `stat` per file.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fingerprint(pub Vec<FileStamp>);
-
-/// The current [`Fingerprint`] of `path` (a file or a directory, as for [`load`]).
-pub fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
-    let mut stamps = Vec::new();
-    for file in manifest_files(path)? {
-        stamps.push(stamp(file)?);
-    }
-    Ok(Fingerprint(stamps))
-}
-
 fn stamp(file: PathBuf) -> io::Result<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(&file)?;
@@ -356,78 +343,6 @@ fn stamp(file: PathBuf) -> io::Result<FileStamp> {
         ino: meta.ino(),
         path: file,
     })
-}
-
-/// Files parsed by earlier [`load_cached`] calls, by stamp.
-#[derive(Debug, Default)]
-pub struct ManifestCache {
-    files: HashMap<FileStamp, Arc<ParsedFile>>,
-    /// Files the last successful load had to parse.
-    parsed: usize,
-}
-
-impl ManifestCache {
-    pub fn new() -> ManifestCache {
-        ManifestCache::default()
-    }
-
-    /// Files held (those of the last successful load).
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
-    /// How many files the last successful load parsed (the others came from the cache).
-    pub fn last_parsed(&self) -> usize {
-        self.parsed
-    }
-}
-
-/// [`load`], re-parsing only the files whose stamp (path, size, modification time, inode)
-/// differs from the last successful call with `cache`; the others contribute the objects parsed
-/// then. The result (state, warnings, errors) is the one [`load`] gives for the same files. A
-/// file changed between its stat and its read is parsed under the older stamp, so the next
-/// [`fingerprint`] differs and it is parsed again: a cached parse is never newer than its stamp
-/// says, at worst older, which only costs a re-parse.
-pub fn load_cached(
-    path: &Path,
-    cache: &mut ManifestCache,
-) -> Result<LoadedManifests, ManifestError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ManifestError::Io { path, source }
-    };
-    let files = manifest_files(path).map_err(io_err(path))?;
-    if files.is_empty() {
-        return Err(ManifestError::NoFiles {
-            path: path.to_path_buf(),
-        });
-    }
-    let mut parsed = Vec::with_capacity(files.len());
-    let mut read = 0;
-    for file in &files {
-        let stamp = stamp(file.clone()).map_err(io_err(file))?;
-        let entry = match cache.files.get(&stamp) {
-            Some(p) => Arc::clone(p),
-            None => {
-                let text = fs::read_to_string(file).map_err(io_err(file))?;
-                read += 1;
-                Arc::new(parse_file(file, &text)?)
-            }
-        };
-        parsed.push((stamp, entry));
-    }
-    let mut loader = Loader::default();
-    for (_, file) in &parsed {
-        loader.merge(file);
-    }
-    // Only a complete load replaces the cache: a failed one keeps what the last good one read.
-    cache.files = parsed.into_iter().collect();
-    cache.parsed = read;
-    Ok(loader.finish(files))
 }
 
 /// Loads a manifest file or directory into a [`ClusterState`]. See the module docs for the
@@ -467,16 +382,55 @@ pub fn load_str(path: &Path, text: &str) -> Result<LoadedManifests, ManifestErro
 /// order, replace earlier definitions; within a file, later documents replace earlier ones),
 /// with one difference the all-or-nothing contract allows: an object the API server would
 /// refuse keeps whatever version the state held before, whatever file that came from.
+///
+/// Only which objects each file defines is kept, not the objects: the state holds the ones that
+/// apply, and a second copy of every object was most of `xlb run`'s memory at 10,000 Services.
+/// When a change leaves an object to a definition in a file that did not change (the winning
+/// definition removed, another file still has one), that file is read again.
 #[derive(Debug, Default)]
 pub struct ManifestSet {
     /// Every file of the set, ordered by path (the files of one directory: by name).
     files: BTreeMap<PathBuf, StampedFile>,
     /// Which files define each object.
-    defs: HashMap<(&'static str, ObjectKey), std::collections::BTreeSet<PathBuf>>,
+    defs: HashMap<ObjectId, Definers>,
 }
 
-/// A file of a [`ManifestSet`]: its stamp when read, and what it held.
-type StampedFile = (FileStamp, Arc<ParsedFile>);
+/// The files that define one object, sorted. Almost always one: a vector, where a set would
+/// allocate a node for eleven per object.
+#[derive(Debug, Default)]
+struct Definers(Vec<PathBuf>);
+
+impl Definers {
+    fn insert(&mut self, path: PathBuf) {
+        if let Err(i) = self.0.binary_search(&path) {
+            self.0.insert(i, path);
+        }
+    }
+
+    fn remove(&mut self, path: &PathBuf) {
+        if let Ok(i) = self.0.binary_search(path) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, PathBuf> {
+        self.0.iter()
+    }
+}
+
+/// An object's kind and key.
+type ObjectId = (&'static str, ObjectKey);
+
+/// A file of a [`ManifestSet`]: its stamp when read, and the objects it defined then.
+type StampedFile = (FileStamp, Vec<ObjectId>);
 
 /// What [`ManifestSet::update`] did.
 #[derive(Debug, Default)]
@@ -487,6 +441,68 @@ pub struct SetUpdate {
     pub removed: usize,
     /// Notes about the changed files (skipped documents, redefinitions, rejected objects).
     pub warnings: Vec<String>,
+}
+
+/// Below this many files to read, one thread parses them all.
+const PARALLEL_PARSE_FROM: usize = 64;
+
+/// Reads and parses `files`, on every core when there are many. The error is the first one
+/// in the order of `files`, as reading them one by one would give.
+fn read_and_parse(files: Vec<(PathBuf, FileStamp)>) -> Result<Vec<ReadFile>, ManifestError> {
+    let one = |(path, stamp): (PathBuf, FileStamp)| -> Result<ReadFile, ManifestError> {
+        let text = fs::read_to_string(&path).map_err(|source| ManifestError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let file = parse_file(&path, &text)?;
+        Ok((path, stamp, file))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if files.len() < PARALLEL_PARSE_FROM || threads < 2 {
+        return files.into_iter().map(one).collect();
+    }
+    let per = files.len().div_ceil(threads);
+    let mut chunks = Vec::new();
+    let mut rest = files;
+    while rest.len() > per {
+        let tail = rest.split_off(per);
+        chunks.push(std::mem::replace(&mut rest, tail));
+    }
+    chunks.push(rest);
+    let parsed: Vec<Vec<Result<ReadFile, ManifestError>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for f in chunk {
+                        let r = one(f);
+                        let failed = r.is_err();
+                        out.push(r);
+                        if failed {
+                            break;
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    parsed.into_iter().flatten().collect()
+}
+
+/// A file read for an update: its path, its stamp before the read, what it holds.
+type ReadFile = (PathBuf, FileStamp, ParsedFile);
+
+fn ids_of(file: &ParsedFile) -> Vec<ObjectId> {
+    file.objects
+        .iter()
+        .filter_map(|(o, _)| Some((o.kind(), o.key()?)))
+        .collect()
 }
 
 impl ManifestSet {
@@ -514,7 +530,7 @@ impl ManifestSet {
     pub fn update(
         &mut self,
         root: &Path,
-        candidates: Option<&std::collections::BTreeSet<PathBuf>>,
+        candidates: Option<&BTreeSet<PathBuf>>,
         state: &mut ClusterState,
     ) -> Result<SetUpdate, ManifestError> {
         let io_err = |path: &Path| {
@@ -526,7 +542,7 @@ impl ManifestSet {
         match candidates {
             None => {
                 let files = manifest_files(root).map_err(io_err(root))?;
-                let listed: std::collections::BTreeSet<&PathBuf> = files.iter().collect();
+                let listed: BTreeSet<&PathBuf> = files.iter().collect();
                 for old in self.files.keys().filter(|f| !listed.contains(f)) {
                     seen.push((old.clone(), None));
                 }
@@ -552,59 +568,83 @@ impl ManifestSet {
             }
         }
         // Parse what changed, before touching anything.
-        let mut changed: Vec<(PathBuf, Option<StampedFile>)> = Vec::new();
-        let mut parsed = 0;
+        let mut to_read = Vec::new();
+        let mut gone: BTreeSet<PathBuf> = BTreeSet::new();
         for (path, now) in seen {
             let before = self.files.get(&path).map(|(s, _)| s);
             match now {
                 Some(stamp) if before == Some(&stamp) => {}
-                Some(stamp) => {
-                    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-                    parsed += 1;
-                    let file = Arc::new(parse_file(&path, &text)?);
-                    changed.push((path, Some((stamp, file))));
+                Some(stamp) => to_read.push((path, stamp)),
+                None if before.is_some() => {
+                    gone.insert(path);
                 }
-                None if before.is_some() => changed.push((path, None)),
                 None => {}
             }
         }
-        let removed = changed.iter().filter(|(_, f)| f.is_none()).count();
-        let added = changed
-            .iter()
-            .filter(|(p, f)| f.is_some() && !self.files.contains_key(p))
+        let mut fresh: BTreeMap<PathBuf, (FileStamp, ParsedFile)> = read_and_parse(to_read)?
+            .into_iter()
+            .map(|(path, stamp, file)| (path, (stamp, file)))
+            .collect();
+        let added = fresh
+            .keys()
+            .filter(|p| !self.files.contains_key(*p))
             .count();
-        if self.files.len() + added == removed {
+        if self.files.len() + added == gone.len() {
             return Err(ManifestError::NoFiles {
                 path: root.to_path_buf(),
             });
         }
+        // Unchanged files whose definitions now win: read again for their objects. One that
+        // changed meanwhile joins the changed files (and may bring more winners).
+        let mut again: HashMap<PathBuf, ParsedFile> = HashMap::new();
+        loop {
+            let needed = self.winners_elsewhere(&fresh, &gone, &again);
+            if needed.is_empty() {
+                break;
+            }
+            let mut reread = Vec::new();
+            for path in needed {
+                let stamp = stamp(path.clone()).map_err(io_err(&path))?;
+                reread.push((path, stamp));
+            }
+            for (path, stamp, file) in read_and_parse(reread)? {
+                let same = self
+                    .files
+                    .get(&path)
+                    .is_some_and(|(s, ids)| *s == stamp && *ids == ids_of(&file));
+                if same {
+                    again.insert(path, file);
+                } else {
+                    fresh.insert(path, (stamp, file));
+                }
+            }
+        }
 
         // Apply: move each changed file's definitions, then settle every object they name.
         let mut update = SetUpdate {
-            parsed,
-            removed,
+            parsed: fresh.len() + again.len(),
+            removed: gone.len(),
             warnings: Vec::new(),
         };
-        let mut affected: BTreeMap<(&'static str, ObjectKey), Option<Object>> = BTreeMap::new();
-        let mut rejected_keys: std::collections::BTreeSet<(&'static str, ObjectKey)> =
-            std::collections::BTreeSet::new();
+        let mut affected: BTreeMap<ObjectId, Option<Object>> = BTreeMap::new();
+        let mut rejected_keys: BTreeSet<ObjectId> = BTreeSet::new();
         let mut rejected: Vec<Rejected> = Vec::new();
-        for (path, new) in changed {
-            if let Some((_, old)) = self.files.remove(&path) {
-                for (object, _) in &old.objects {
-                    if let Some(key) = object.key() {
-                        let id = (object.kind(), key);
-                        if let Some(files) = self.defs.get_mut(&id) {
-                            files.remove(&path);
-                            if files.is_empty() {
-                                self.defs.remove(&id);
-                            }
+        let changed: Vec<PathBuf> = gone.iter().chain(fresh.keys()).cloned().collect();
+        for path in &changed {
+            if let Some((_, old)) = self.files.remove(path) {
+                for id in old {
+                    if let Some(files) = self.defs.get_mut(&id) {
+                        files.remove(path);
+                        if files.is_empty() {
+                            self.defs.remove(&id);
                         }
-                        affected.entry(id).or_insert(None);
                     }
+                    affected.entry(id).or_insert(None);
                 }
             }
-            let Some((stamp, file)) = new else { continue };
+            let Some((stamp, file)) = fresh.get(path) else {
+                continue;
+            };
             update.warnings.extend(file.warnings.iter().cloned());
             for r in &file.rejected {
                 if let Some(key) = r.object.key() {
@@ -612,18 +652,31 @@ impl ManifestSet {
                 }
                 rejected.push(r.clone());
             }
-            for (object, _) in &file.objects {
-                if let Some(key) = object.key() {
-                    let id = (object.kind(), key);
-                    self.defs
-                        .entry(id.clone())
-                        .or_default()
-                        .insert(path.clone());
-                    affected.entry(id).or_insert(None);
-                }
+            let ids = ids_of(file);
+            for id in &ids {
+                self.defs
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(path.clone());
+                affected.entry(id.clone()).or_insert(None);
             }
-            self.files.insert(path, (stamp, file));
+            self.files.insert(path.clone(), (stamp.clone(), ids));
         }
+        // Each read file's last definition of each object, moved (not copied) into the state.
+        let mut latest: HashMap<PathBuf, HashMap<ObjectId, Object>> = fresh
+            .into_iter()
+            .map(|(path, (_, file))| (path, file))
+            .chain(again)
+            .map(|(path, file)| {
+                let mut defined = HashMap::new();
+                for (object, _) in file.objects {
+                    if let Some(key) = object.key() {
+                        defined.insert((object.kind(), key), object);
+                    }
+                }
+                (path, defined)
+            })
+            .collect();
         for (id, winner) in affected.iter_mut() {
             let Some(files) = self.defs.get(id) else {
                 continue;
@@ -647,15 +700,9 @@ impl ManifestSet {
                     others.join(", ")
                 ));
             }
-            *winner = self.files[last]
-                .1
-                .objects
-                .iter()
-                .rev()
-                .map(|(o, _)| o)
-                .find(|o| o.kind() == id.0 && o.key().as_ref() == Some(&id.1))
-                .cloned();
+            *winner = latest.get_mut(last).and_then(|defined| defined.remove(id));
         }
+        drop(latest);
         for ((kind, key), winner) in affected {
             match winner {
                 Some(object) => object.upsert_into(state),
@@ -679,6 +726,43 @@ impl ManifestSet {
             update.warnings.push(format!("{r}; {outcome}"));
         }
         Ok(update)
+    }
+
+    /// Files outside `fresh` (and not `gone`, not in `again`) that hold the winning definition
+    /// of an object a changed file defines or defined: the objects of those are needed.
+    fn winners_elsewhere(
+        &self,
+        fresh: &BTreeMap<PathBuf, (FileStamp, ParsedFile)>,
+        gone: &BTreeSet<PathBuf>,
+        again: &HashMap<PathBuf, ParsedFile>,
+    ) -> BTreeSet<PathBuf> {
+        let changed = |p: &PathBuf| gone.contains(p) || fresh.contains_key(p);
+        let mut ids: BTreeSet<&ObjectId> = BTreeSet::new();
+        let new_ids: Vec<(&PathBuf, Vec<ObjectId>)> =
+            fresh.iter().map(|(p, (_, f))| (p, ids_of(f))).collect();
+        for path in gone.iter().chain(fresh.keys()) {
+            if let Some((_, old)) = self.files.get(path) {
+                ids.extend(old.iter());
+            }
+        }
+        for (_, new) in &new_ids {
+            ids.extend(new.iter());
+        }
+        let mut needed = BTreeSet::new();
+        for id in ids {
+            let unchanged = self
+                .defs
+                .get(id)
+                .and_then(|files| files.iter().rfind(|p| !changed(p)));
+            let Some(unchanged) = unchanged else { continue };
+            let beaten = new_ids
+                .iter()
+                .any(|(p, new)| *p > unchanged && new.contains(id));
+            if !beaten && !again.contains_key(unchanged) {
+                needed.insert(unchanged.clone());
+            }
+        }
+        needed
     }
 }
 
@@ -815,11 +899,27 @@ fn parse_file(path: &Path, text: &str) -> Result<ParsedFile, ManifestError> {
     // Pass 1: syntax, and what each document is (kind, list items). Errors here are YAML
     // syntax errors, which carry their position.
     let mut shapes = Vec::new();
+    let mut values = Vec::new();
     for (i, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(document).map_err(|e| invalid(i + 1, e))?;
         let origin = format!("{}: document {}", path.display(), i + 1);
         shapes.push(shape_of(&value, &origin, None, &mut warnings));
+        values.push(value);
     }
+
+    // Pass 2, for a file without mistakes: the objects from the values of pass 1, without
+    // parsing the text again (that would double the cost of reading the manifests). Only
+    // what succeeds here is kept; anything else (a type error, a missing name, an object the
+    // API server would refuse) takes the path below, which gives the same result with
+    // positions.
+    if let Some(objects) = objects_of_values(path, &values, &shapes) {
+        return Ok(ParsedFile {
+            objects,
+            warnings,
+            rejected,
+        });
+    }
+    drop(values);
 
     // Pass 2: deserialise the objects xlb reads straight from the parser, so that a type
     // error (or a missing name) is reported at its line and column; validate each.
@@ -857,6 +957,32 @@ fn parse_file(path: &Path, text: &str) -> Result<ParsedFile, ManifestError> {
         warnings,
         rejected,
     })
+}
+
+/// Pass 2 from pass 1's values: every object of the file, or `None` if any document fails to
+/// deserialise or holds an object that fails validation (the caller then parses the text again
+/// to say where).
+fn objects_of_values(
+    path: &Path,
+    values: &[Value],
+    shapes: &[Shape],
+) -> Option<Vec<(Object, String)>> {
+    let mut objects = Vec::new();
+    for (i, (value, shape)) in values.iter().zip(shapes).enumerate() {
+        let mut found = Found::default();
+        ShapeSeed {
+            shape,
+            found: &mut found,
+        }
+        .deserialize(value)
+        .ok()?;
+        if !found.rejected.is_empty() {
+            return None;
+        }
+        let origin = format!("{}: document {}", path.display(), i + 1);
+        objects.extend(found.objects.into_iter().map(|o| (o, origin.clone())));
+    }
+    Some(objects)
 }
 
 /// Line, column and message (without the position the parser wrote into it) of a parser error.

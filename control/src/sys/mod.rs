@@ -5,6 +5,7 @@ pub mod clock;
 pub mod ethtool;
 pub mod ifaddrs;
 pub mod links;
+pub mod memory;
 pub mod mmap;
 pub mod neigh;
 pub mod netdev;
