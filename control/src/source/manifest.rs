@@ -12,13 +12,13 @@
 //!
 //! # Contract with the caller
 //!
-//! Loading is all or nothing: any unreadable file, YAML syntax error, alias bomb or malformed
-//! object fails the whole load with a [`ManifestError`] that names the file, the line and (where
-//! known) the column. The caller (the run loop) must then keep serving the **last good** state
-//! and report the error; it must not apply a partial or empty state. For the same reason a
-//! directory with no manifest file in it is an error, not an empty cluster: a config volume that
-//! is briefly empty must not withdraw every Service. (An empty file, or `kind: List` with
-//! `items: []`, is the way to say "no objects".)
+//! Loading is all or nothing: any unreadable file, YAML syntax error, alias bomb, bracket nesting
+//! past [`MAX_BRACKET_DEPTH`] or malformed object fails the whole load with a [`ManifestError`]
+//! that names the file, the line and (where known) the column. The caller (the run loop) must then
+//! keep serving the **last good** state and report the error; it must not apply a partial or empty
+//! state. For the same reason a directory with no manifest file in it is an error, not an empty
+//! cluster: a config volume that is briefly empty must not withdraw every Service. (An empty file,
+//! or `kind: List` with `items: []`, is the way to say "no objects".)
 //!
 //! An object that parses but that the API server would refuse ([`validate`]: port 70000, an
 //! ingress IP `999.1.2.3`, ...) does not fail the load: it is left out of the state, whole, and
@@ -919,7 +919,8 @@ const REPETITION_LIMIT: &str = "repetition limit exceeded";
 /// break lines, also inside double-quoted strings, which it folds into a space: a JSON string
 /// holding one would load changed. In valid JSON they can only stand inside strings, where the
 /// escape means the same character, so the escaped document is the same JSON, and YAML reads
-/// it as JSON does.
+/// it as JSON does. (An error later on the same line then names a column 5 further per
+/// escaped character.)
 fn json_breaks_escaped(text: &str) -> std::borrow::Cow<'_, str> {
     const BREAKS: [char; 3] = ['\u{85}', '\u{2028}', '\u{2029}'];
     if !text.contains(BREAKS) {
