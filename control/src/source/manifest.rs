@@ -12,13 +12,13 @@
 //!
 //! # Contract with the caller
 //!
-//! Loading is all or nothing: any unreadable file, YAML syntax error, alias bomb or malformed
-//! object fails the whole load with a [`ManifestError`] that names the file, the line and (where
-//! known) the column. The caller (the run loop) must then keep serving the **last good** state
-//! and report the error; it must not apply a partial or empty state. For the same reason a
-//! directory with no manifest file in it is an error, not an empty cluster: a config volume that
-//! is briefly empty must not withdraw every Service. (An empty file, or `kind: List` with
-//! `items: []`, is the way to say "no objects".)
+//! Loading is all or nothing: any unreadable file, YAML syntax error, alias bomb, bracket nesting
+//! past [`MAX_BRACKET_DEPTH`] or malformed object fails the whole load with a [`ManifestError`]
+//! that names the file, the line and (where known) the column. The caller (the run loop) must then
+//! keep serving the **last good** state and report the error; it must not apply a partial or empty
+//! state. For the same reason a directory with no manifest file in it is an error, not an empty
+//! cluster: a config volume that is briefly empty must not withdraw every Service. (An empty file,
+//! or `kind: List` with `items: []`, is the way to say "no objects".)
 //!
 //! An object that parses but that the API server would refuse ([`validate`]: port 70000, an
 //! ingress IP `999.1.2.3`, ...) does not fail the load: it is left out of the state, whole, and
@@ -872,11 +872,28 @@ impl Loader {
 /// Parses one file: syntax, then each object xlb reads, with positions in errors; objects the
 /// API server would refuse go to `rejected`.
 fn parse_file(path: &Path, text: &str) -> Result<ParsedFile, ManifestError> {
+    if let Some((document, line, column)) = too_deep(text) {
+        return Err(ManifestError::Invalid {
+            path: path.to_path_buf(),
+            document,
+            line: Some(line),
+            column: Some(column),
+            message: format!(
+                "brackets nest more than {MAX_BRACKET_DEPTH} deep (YAML objects nest at most \
+                 {RECURSION_LIMIT} levels); refusing the file before parsing it"
+            ),
+        });
+    }
+    let text = &*json_breaks_escaped(text);
     let mut warnings = Vec::new();
     let mut objects = Vec::new();
     let mut rejected = Vec::new();
     let invalid = |document: usize, err: yaml_serde::Error| {
-        let (line, column, message) = located(&err);
+        let (line, column, mut message) = located(&err);
+        if message == REPETITION_LIMIT {
+            // The parser's own bound on alias expansion, met before pass 0's budget.
+            message.push_str(": aliases are expanded too often; refusing it as an alias bomb");
+        }
         ManifestError::Invalid {
             path: path.to_path_buf(),
             document,
@@ -983,6 +1000,88 @@ fn objects_of_values(
         objects.extend(found.objects.into_iter().map(|o| (o, origin.clone())));
     }
     Some(objects)
+}
+
+/// How deep the YAML parser lets a document nest (its recursion limit).
+const RECURSION_LIMIT: usize = 128;
+
+/// How far `[` and `{` may outnumber `]` and `}` at any point of a file, counting every
+/// bracket, also those in strings and comments. The parser's time grows with the square of
+/// the flow nesting depth before its recursion limit refuses the document: 100,000 `{a: ` (400
+/// KB) took 157 s per parse. Nothing nested deeper than [`RECURSION_LIMIT`] loads anyway, and
+/// a real manifest holds no thousand unclosed brackets.
+pub const MAX_BRACKET_DEPTH: usize = 1024;
+
+/// Where (document, line, column; 1-based) the brackets of `text` first nest deeper than
+/// [`MAX_BRACKET_DEPTH`], if they do.
+fn too_deep(text: &str) -> Option<(usize, usize, usize)> {
+    let mut depth = 0usize;
+    let at = text.bytes().position(|b| {
+        match b {
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        depth > MAX_BRACKET_DEPTH
+    })?;
+    let before = &text[..at];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    // Documents start at `---` lines; one at the very start opens the first document.
+    let markers = before
+        .lines()
+        .skip(1)
+        .filter(|l| l.starts_with("---"))
+        .count();
+    Some((markers + 1, line, column))
+}
+
+/// The YAML parser's message when aliases make it replay more than 100 events per event.
+const REPETITION_LIMIT: &str = "repetition limit exceeded";
+
+/// The text with U+0085, U+2028 and U+2029 escaped (`\u2028`) in every document that is
+/// JSON; other documents as they are. The YAML parser reads YAML 1.1, where these characters
+/// break lines, also inside double-quoted strings, which it folds into a space: a JSON string
+/// holding one would load changed. In valid JSON they can only stand inside strings, where the
+/// escape means the same character, so the escaped document is the same JSON, and YAML reads
+/// it as JSON does. (An error later on the same line then names a column 5 further per
+/// escaped character.)
+fn json_breaks_escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    const BREAKS: [char; 3] = ['\u{85}', '\u{2028}', '\u{2029}'];
+    if !text.contains(BREAKS) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    // Documents: from a line starting with a marker (`---`, `...`) to the next one.
+    let mut start = 0;
+    let mut ends: Vec<usize> = text
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .filter(|&i| text[i..].starts_with("---") || text[i..].starts_with("..."))
+        .collect();
+    ends.push(text.len());
+    for end in ends {
+        let document = &text[start..end];
+        let body = document
+            .strip_prefix("---")
+            .or_else(|| document.strip_prefix("..."))
+            .unwrap_or(document);
+        if document.contains(BREAKS) && serde_json::from_str::<IgnoredAny>(body).is_ok() {
+            out.push_str(&document[..document.len() - body.len()]);
+            for c in body.chars() {
+                if BREAKS.contains(&c) {
+                    out.push_str(&format!("\\u{:04x}", u32::from(c)));
+                } else {
+                    out.push(c);
+                }
+            }
+        } else {
+            out.push_str(document);
+        }
+        start = end;
+    }
+    out.into()
 }
 
 /// Line, column and message (without the position the parser wrote into it) of a parser error.
