@@ -117,6 +117,8 @@ pub struct Generation {
     pub frontends_written: u64,
     pub frontends_removed: u64,
     pub tables_swapped: u64,
+    /// Tables rewritten in place (same size): a scale change is one of these or a swap.
+    pub tables_patched: u64,
     pub backends_written: u64,
     /// The line's timestamp, seconds since midnight UTC.
     pub at_second_of_day: Option<f64>,
@@ -524,6 +526,7 @@ fn generations(log: &Path) -> Vec<Generation> {
                 frontends_written: u("frontends_written"),
                 frontends_removed: u("frontends_removed"),
                 tables_swapped: u("tables_swapped"),
+                tables_patched: u("tables_patched"),
                 backends_written: u("backends_written"),
                 at_second_of_day: log_second_of_day(&v),
             }
