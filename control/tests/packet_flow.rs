@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/fib_netns.rs"]
 mod fib_netns;
+#[path = "common/remote.rs"]
+mod remote;
 
 use std::net::Ipv4Addr;
 
@@ -14,6 +16,7 @@ use lb_common::maps::{
     CT_F_CLOSING, FlowKey, PORT_F_TCP, PORT_F_TCP_NODEPORT, PORT_F_TUNNEL, PORT_F_UDP,
     PORT_F_UDP_NODEPORT, Reason,
 };
+use remote::*;
 use xlb_bench::frame::Frame;
 
 const WEB_HTTP: &str = "default/web:http/TCP";
@@ -223,26 +226,7 @@ fn the_syn_guard_skips_the_conntrack_write_above_the_rate() {
 
 /// Services whose pods run on node-c only, seen from node-a (the edge).
 fn remote_manifest() -> String {
-    r#"apiVersion: v1
-kind: List
-items:
-- {apiVersion: v1, kind: Node, metadata: {name: node-a}, status: {addresses: [{type: InternalIP, address: 198.18.0.2}]}}
-- {apiVersion: v1, kind: Node, metadata: {name: node-c}, status: {addresses: [{type: InternalIP, address: 198.18.0.4}]}}
-- apiVersion: v1
-  kind: Service
-  metadata: {name: web, namespace: default}
-  spec:
-    type: LoadBalancer
-    ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
-  status: {loadBalancer: {ingress: [{ip: 198.19.255.1}]}}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: web-c, namespace: default, labels: {kubernetes.io/service-name: web}}
-  addressType: IPv4
-  ports: [{name: http, port: 8080, protocol: TCP}]
-  endpoints: [{addresses: ["198.18.4.11"], nodeName: node-c}]
-"#
-    .to_string()
+    remote::remote_manifest(Cluster::default())
 }
 
 #[test]

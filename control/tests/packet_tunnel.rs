@@ -5,12 +5,15 @@
 mod common;
 #[path = "common/fib_netns.rs"]
 mod fib_netns;
+#[path = "common/remote.rs"]
+mod remote;
 
 use std::net::Ipv4Addr;
 
 use common::*;
 use fib_netns::FibNetns;
 use lb_common::maps::Reason;
+use remote::*;
 use xlb_bench::frame::{self, Frame};
 
 /// Outer IPv4 (20) + UDP (8) + Geneve (8) + the xlb option (12), from the Geneve layout rather
@@ -18,49 +21,14 @@ use xlb_bench::frame::{self, Frame};
 const ENCAP_OVERHEAD: usize = 48;
 
 const XDP_TX: u32 = 3;
-const EDGE: [u8; 4] = [198, 18, 0, 2];
-const NODE_C: [u8; 4] = [198, 18, 0, 4];
-const NODE_D: [u8; 4] = [198, 18, 0, 5];
-const NODE_C_MAC: [u8; 6] = [2, 0, 0, 0, 0, 4];
-const POD_C1: [u8; 4] = [198, 18, 4, 11];
-const POD_D1: [u8; 4] = [198, 18, 5, 11];
 
 /// Services whose pods all run on other nodes: `web` on node-c, `far` on node-d.
 fn remote_manifest() -> String {
-    r#"apiVersion: v1
-kind: List
-items:
-- {apiVersion: v1, kind: Node, metadata: {name: node-a}, status: {addresses: [{type: InternalIP, address: 198.18.0.2}]}}
-- {apiVersion: v1, kind: Node, metadata: {name: node-c}, status: {addresses: [{type: InternalIP, address: 198.18.0.4}]}}
-- {apiVersion: v1, kind: Node, metadata: {name: node-d}, status: {addresses: [{type: InternalIP, address: 198.18.0.5}]}}
-- apiVersion: v1
-  kind: Service
-  metadata: {name: web, namespace: default}
-  spec:
-    type: LoadBalancer
-    ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}]
-  status: {loadBalancer: {ingress: [{ip: 198.19.255.1}]}}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: web-c, namespace: default, labels: {kubernetes.io/service-name: web}}
-  addressType: IPv4
-  ports: [{name: http, port: 8080, protocol: TCP}]
-  endpoints: [{addresses: ["198.18.4.11"], nodeName: node-c}]
-- apiVersion: v1
-  kind: Service
-  metadata: {name: far, namespace: default}
-  spec:
-    type: LoadBalancer
-    ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
-  status: {loadBalancer: {ingress: [{ip: 198.19.255.3}]}}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: far-d, namespace: default, labels: {kubernetes.io/service-name: far}}
-  addressType: IPv4
-  ports: [{name: http, port: 8080, protocol: TCP}]
-  endpoints: [{addresses: ["198.18.5.11"], nodeName: node-d}]
-"#
-    .to_string()
+    remote::remote_manifest(Cluster {
+        node_port: true,
+        far: true,
+        ..Cluster::default()
+    })
 }
 
 /// What the edge sends node-c for the client's TCP flow from `client_port` to VIP:80: the

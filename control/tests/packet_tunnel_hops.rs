@@ -6,56 +6,24 @@
 mod common;
 #[path = "common/fib_netns.rs"]
 mod fib_netns;
+#[path = "common/remote.rs"]
+mod remote;
 
 use common::*;
 use fib_netns::FibNetns;
 use lb_common::maps::Reason;
+use remote::*;
 use xlb_bench::frame::{self, Frame};
 
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-const EDGE: [u8; 4] = [198, 18, 0, 2];
-const NODE_C: [u8; 4] = [198, 18, 0, 4];
-const NODE_D: [u8; 4] = [198, 18, 0, 5];
-const NODE_C_MAC: [u8; 6] = [2, 0, 0, 0, 0, 4];
-const FAR: [u8; 4] = [198, 19, 255, 3];
 
 /// `web` (VIP:80) runs on node-c, `far` (198.19.255.3:80) on node-d.
 fn manifest() -> String {
-    r#"apiVersion: v1
-kind: List
-items:
-- {apiVersion: v1, kind: Node, metadata: {name: node-a}, status: {addresses: [{type: InternalIP, address: 198.18.0.2}]}}
-- {apiVersion: v1, kind: Node, metadata: {name: node-c}, status: {addresses: [{type: InternalIP, address: 198.18.0.4}]}}
-- {apiVersion: v1, kind: Node, metadata: {name: node-d}, status: {addresses: [{type: InternalIP, address: 198.18.0.5}]}}
-- apiVersion: v1
-  kind: Service
-  metadata: {name: web, namespace: default}
-  spec:
-    type: LoadBalancer
-    ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
-  status: {loadBalancer: {ingress: [{ip: 198.19.255.1}]}}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: web-c, namespace: default, labels: {kubernetes.io/service-name: web}}
-  addressType: IPv4
-  ports: [{name: http, port: 8080, protocol: TCP}]
-  endpoints: [{addresses: ["198.18.4.11"], nodeName: node-c}]
-- apiVersion: v1
-  kind: Service
-  metadata: {name: far, namespace: default}
-  spec:
-    type: LoadBalancer
-    ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
-  status: {loadBalancer: {ingress: [{ip: 198.19.255.3}]}}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: far-d, namespace: default, labels: {kubernetes.io/service-name: far}}
-  addressType: IPv4
-  ports: [{name: http, port: 8080, protocol: TCP}]
-  endpoints: [{addresses: ["198.18.5.11"], nodeName: node-d}]
-"#
-    .to_string()
+    remote_manifest(Cluster {
+        far: true,
+        ..Cluster::default()
+    })
 }
 
 /// The frame the edge must emit for the client's TCP flow from `client_port` to `vip`:80, sent
@@ -138,7 +106,7 @@ fn a_node_without_a_neighbour_is_resolved_by_the_kernel_then_prepared() {
     let mut f = Fixture::for_node(&manifest(), "node-a");
     // No neighbour for node-d yet: looked up, and the lookup hands the encapsulated packet to
     // the kernel, whose routing resolves the neighbour.
-    let (act, out, p, l) = syn(&mut f, ns.ifindex, FAR, 40010);
+    let (act, out, p, l) = syn(&mut f, ns.ifindex, FAR_VIP, 40010);
     assert_eq!((act, p, l), (XDP_PASS, 0, 1));
     assert_eq!(f.counter(Reason::EncapFibPass), 1);
     assert_eq!(&out[14 + 16..14 + 20], &NODE_D);
@@ -158,15 +126,18 @@ fn a_node_without_a_neighbour_is_resolved_by_the_kernel_then_prepared() {
     ]);
     let r = f.rec.refresh_hops().unwrap();
     assert_eq!((r.prepared, r.unresolved, r.written), (2, 0, 1), "{r:?}");
-    let (act, out, p, l) = syn(&mut f, ns.ifindex, FAR, 40011);
+    let (act, out, p, l) = syn(&mut f, ns.ifindex, FAR_VIP, 40011);
     assert_eq!((act, p, l), (XDP_TX, 1, 0));
-    assert_eq!(out, expected(node_d_mac, ns.mac, NODE_D, FAR, 40011, &out));
+    assert_eq!(
+        out,
+        expected(node_d_mac, ns.mac, NODE_D, FAR_VIP, 40011, &out)
+    );
 
     // It fails (the node went away): the hop is withdrawn and the lookup decides again.
     ns.ip(&["neigh", "del", "198.18.0.5", "dev", "up0"]);
     let r = f.rec.refresh_hops().unwrap();
     assert_eq!((r.prepared, r.removed), (1, 1), "{r:?}");
-    let (act, _, p, l) = syn(&mut f, ns.ifindex, FAR, 40012);
+    let (act, _, p, l) = syn(&mut f, ns.ifindex, FAR_VIP, 40012);
     assert_eq!((act, p, l), (XDP_PASS, 0, 1));
 }
 

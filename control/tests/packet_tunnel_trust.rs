@@ -4,60 +4,25 @@
 //! this node of the frontend the option names), and never take over a live flow's reply
 //! rewrite. Frames are built here, independently of the edge's program.
 mod common;
+#[path = "common/remote.rs"]
+mod remote;
 
 use std::net::Ipv4Addr;
 
 use common::*;
 use lb_common::maps::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, Reason, RevNatValue};
+use remote::*;
 use xlb_bench::frame::{self, Frame};
 
-const EDGE: [u8; 4] = [198, 18, 0, 2];
-const NODE_C: [u8; 4] = [198, 18, 0, 4];
-const NODE_D: [u8; 4] = [198, 18, 0, 5];
 const STRANGER: [u8; 4] = [198, 18, 0, 99];
-const POD_C1: [u8; 4] = [198, 18, 4, 11];
-const POD_D1: [u8; 4] = [198, 18, 5, 11];
-const FAR_VIP: [u8; 4] = [198, 19, 255, 3];
-const NODE_PORT: u16 = 30080;
 
 /// `web` (VIP:80, NodePort 30080, TCP, and VIP:53 UDP) has its pod on node-c; `far` on node-d.
 fn manifest() -> String {
-    r#"apiVersion: v1
-kind: List
-items:
-- {apiVersion: v1, kind: Node, metadata: {name: node-a}, status: {addresses: [{type: InternalIP, address: 198.18.0.2}]}}
-- {apiVersion: v1, kind: Node, metadata: {name: node-c}, status: {addresses: [{type: InternalIP, address: 198.18.0.4}]}}
-- {apiVersion: v1, kind: Node, metadata: {name: node-d}, status: {addresses: [{type: InternalIP, address: 198.18.0.5}]}}
-- apiVersion: v1
-  kind: Service
-  metadata: {name: web, namespace: default}
-  spec:
-    type: LoadBalancer
-    ports:
-    - {name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}
-    - {name: dns, port: 53, targetPort: 5353, nodePort: 30053, protocol: UDP}
-  status: {loadBalancer: {ingress: [{ip: 198.19.255.1}]}}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: web-c, namespace: default, labels: {kubernetes.io/service-name: web}}
-  addressType: IPv4
-  ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]
-  endpoints: [{addresses: ["198.18.4.11"], nodeName: node-c}]
-- apiVersion: v1
-  kind: Service
-  metadata: {name: far, namespace: default}
-  spec:
-    type: LoadBalancer
-    ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
-  status: {loadBalancer: {ingress: [{ip: 198.19.255.3}]}}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: far-d, namespace: default, labels: {kubernetes.io/service-name: far}}
-  addressType: IPv4
-  ports: [{name: http, port: 8080, protocol: TCP}]
-  endpoints: [{addresses: ["198.18.5.11"], nodeName: node-d}]
-"#
-    .to_string()
+    remote_manifest(Cluster {
+        node_port: true,
+        dns: true,
+        far: true,
+    })
 }
 
 fn node_c() -> Fixture {
