@@ -116,8 +116,12 @@ fn drained_backend_is_released_once_its_flows_are_gone() {
     for k in keys {
         f.rec.maps.conntrack.remove(&k).unwrap();
     }
-    let planned = f.rec.planned_backends();
-    let (released, draining) = f.rec.release_backends(&planned).unwrap();
+    std::thread::sleep(std::time::Duration::from_nanos(DRAIN_GRACE_NS + 50_000_000));
+    let c = census::take(&f.rec.maps, None).unwrap();
+    let (released, draining) = f
+        .rec
+        .release_unreferenced(&c.referenced, c.started_ns)
+        .unwrap();
     assert_eq!((released, draining), (2, 0));
     assert_eq!(f.rec.maps.backends.get(&id, 0).unwrap().flags, 0);
 }

@@ -134,15 +134,6 @@ pub fn scan(maps: &Maps) -> anyhow::Result<HashMap<FlowKey, CtValue>> {
     Ok(flows)
 }
 
-/// The backend ids some conntrack entry still points at.
-pub fn referenced_backends(maps: &Maps) -> anyhow::Result<HashSet<u32>> {
-    let mut ids = HashSet::new();
-    walk(maps, |_, v| {
-        ids.insert(v.backend_id);
-    })?;
-    Ok(ids)
-}
-
 /// The reply tuple under which the datapath recorded a flow's reverse NAT.
 pub fn revnat_key(k: &FlowKey, b: &Backend) -> FlowKey {
     k.reply(b.addr, b.port)

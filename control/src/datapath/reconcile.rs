@@ -1326,37 +1326,8 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// Releases backend ids that are neither planned nor referenced by a conntrack entry.
-    /// Returns (released, still draining).
-    pub fn release_backends(&mut self, wanted: &HashSet<u32>) -> anyhow::Result<(usize, usize)> {
-        let candidates: Vec<u32> = self
-            .backends
-            .keys()
-            .filter(|id| !wanted.contains(id))
-            .copied()
-            .collect();
-        if candidates.is_empty() {
-            return Ok((0, 0));
-        }
-        let referenced = conntrack::referenced_backends(&self.maps)?;
-        let (mut released, mut draining) = (0, 0);
-        for id in candidates {
-            if referenced.contains(&id) {
-                draining += 1;
-                continue;
-            }
-            self.maps
-                .backends
-                .set(id, Backend::default(), 0)
-                .context("clearing XLB_BACKENDS")?;
-            self.release_backend(id);
-            released += 1;
-        }
-        Ok((released, draining))
-    }
-
-    /// [`Reconciler::release_backends`] against a connection census instead of a walk of its
-    /// own: releases the draining backends that left the plan over [`DRAIN_GRACE_NS`] before
+    /// Releases, against a connection census (the run loop never walks the table itself), the
+    /// draining backends that left the plan over [`DRAIN_GRACE_NS`] before
     /// the census's walk began (`walk_started_ns`, monotonic) and that none of the flows it
     /// read points at (`referenced`). A flow to a backend is only created while the backend
     /// is planned, so every flow it may still have was in the table when such a walk began.
@@ -1402,11 +1373,6 @@ impl Reconciler {
         if let Some(b) = self.backends.remove(&id) {
             self.backend_ids.remove(&(b.addr, b.port, b.proto));
         }
-    }
-
-    /// The ids of backends currently planned (for periodic draining sweeps).
-    pub fn planned_backends(&self) -> HashSet<u32> {
-        self.backend_users.keys().copied().collect()
     }
 
     fn free_backend_id(&mut self) -> anyhow::Result<u32> {
