@@ -256,6 +256,22 @@ mod tests {
     use super::*;
     use std::{vec, vec::Vec};
 
+    /// The converted `value`, read back as the current layout's `T`.
+    fn read_value<T: Default>(value: &[u8]) -> T {
+        assert_eq!(value.len(), core::mem::size_of::<T>());
+        let mut got = T::default();
+        // SAFETY: `value` holds size_of::<T>() bytes, and T is one of the plain #[repr(C)]
+        // map records, valid for any bytes.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                value.as_ptr(),
+                (&mut got as *mut T).cast::<u8>(),
+                value.len(),
+            )
+        };
+        got
+    }
+
     #[test]
     fn every_current_map_has_a_record() {
         for map in ALL_MAPS {
@@ -314,15 +330,7 @@ mod tests {
         let mut key = [0u8; 16];
         let mut value = vec![0u8; core::mem::size_of::<CtValue>()];
         v4::conntrack(&key_bytes, &value_bytes, 0, &mut key, &mut value);
-        let mut got = CtValue::default();
-        // SAFETY: `value` holds size_of::<CtValue>() bytes.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                value.as_ptr(),
-                (&mut got as *mut CtValue).cast::<u8>(),
-                value.len(),
-            )
-        };
+        let got: CtValue = read_value(&value);
         assert_eq!(got, ct);
         assert_eq!(key, key_bytes);
     }
@@ -344,15 +352,7 @@ mod tests {
         let mut value = vec![0xffu8; core::mem::size_of::<Config>()];
         value[8..].fill(0);
         v4::config(&[0, 0, 0, 0], &bytes, 0, &mut key, &mut value);
-        let mut got = Config::default();
-        // SAFETY: `value` holds size_of::<Config>() bytes.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                value.as_ptr(),
-                (&mut got as *mut Config).cast::<u8>(),
-                value.len(),
-            )
-        };
+        let got: Config = read_value(&value);
         assert_eq!(got, old);
     }
 
@@ -363,15 +363,7 @@ mod tests {
         let mut key = [0u8; 16];
         let mut value = vec![0u8; core::mem::size_of::<RevNatValue>()];
         v3::revnat(&old_key, &old_value, 42_000, &mut key, &mut value);
-        let mut got = RevNatValue::default();
-        // SAFETY: `value` holds size_of::<RevNatValue>() bytes of a plain #[repr(C)] struct.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                value.as_ptr(),
-                (&mut got as *mut RevNatValue).cast::<u8>(),
-                value.len(),
-            )
-        };
+        let got: RevNatValue = read_value(&value);
         assert_eq!(key[..], old_key[..]);
         assert_eq!(got.frontend_addr, u32::from_ne_bytes([198, 19, 255, 1]));
         assert_eq!(got.frontend_port, u16::from_ne_bytes([0, 80]));
