@@ -529,8 +529,8 @@ fn the_idle_sweep_expires_flows_idle_past_their_timeout() {
 
     let expired = flows.iter().filter(|c| c.3).count();
     assert_eq!(
-        xlb::datapath::conntrack::expire(&mut f.rec.maps).unwrap(),
-        expired
+        xlb::observe::census::expire_at(&mut f.rec.maps, xlb::sys::clock::monotonic_ns()).unwrap(),
+        expired as u64
     );
     for (&(sport, proto, idle_s, expired), reply) in flows.iter().zip(&replies) {
         let key = flow_key(CLIENT, sport, VIP, dport(proto), proto);

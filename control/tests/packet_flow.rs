@@ -119,11 +119,11 @@ fn fin_and_rst_move_a_flow_to_the_close_timeout_and_the_sweep_removes_it() {
         assert!(f.rec.maps.revnat.get(r, 0).is_ok());
     }
     assert_eq!(
-        xlb::datapath::conntrack::expire_at(&mut f.rec.maps, now + 5 * SEC).unwrap(),
+        xlb::observe::census::expire_at(&mut f.rec.maps, now + 5 * SEC).unwrap(),
         0
     );
     assert_eq!(
-        xlb::datapath::conntrack::expire_at(&mut f.rec.maps, now + 11 * SEC).unwrap(),
+        xlb::observe::census::expire_at(&mut f.rec.maps, now + 11 * SEC).unwrap(),
         2
     );
     assert!(f.rec.maps.conntrack.get(&key(43000), 0).is_ok());
@@ -259,7 +259,7 @@ fn a_flow_to_a_remote_pod_writes_conntrack_and_no_reverse_nat() {
     // The sweep of a closed remote flow has no reverse NAT to remove and removes the flow.
     f.xdp_on(&segment(45000, |s| s.rst()), ns.ifindex);
     let now = xlb::sys::clock::monotonic_ns();
-    let removed = xlb::datapath::conntrack::expire_at(&mut f.rec.maps, now + 11 * SEC).unwrap();
+    let removed = xlb::observe::census::expire_at(&mut f.rec.maps, now + 11 * SEC).unwrap();
     assert_eq!(removed, 1);
     assert!(f.rec.maps.conntrack.get(&key(45000), 0).is_err());
 }

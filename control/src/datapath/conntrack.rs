@@ -139,28 +139,6 @@ pub fn revnat_key(k: &FlowKey, b: &Backend) -> FlowKey {
     k.reply(b.addr, b.port)
 }
 
-/// Removes flows idle longer than their timeout (their protocol's, or the close timeout once a
-/// FIN or RST closed them), with their reverse-NAT entries (a remote backend's flow has none).
-/// Returns how many were removed.
-pub fn expire(maps: &mut Maps) -> anyhow::Result<usize> {
-    expire_at(maps, monotonic_ns())
-}
-
-/// [`expire`] as of `now` (monotonic ns).
-pub fn expire_at(maps: &mut Maps, now: u64) -> anyhow::Result<usize> {
-    let mut stale: HashMap<FlowKey, u32> = HashMap::new();
-    walk(maps, |k, v| {
-        if v.is_expired(k.proto, now) {
-            stale.insert(k, v.backend_id);
-        }
-    })?;
-    let n = stale.len();
-    for (k, backend_id) in stale {
-        remove_flow(maps, &k, backend_id)?;
-    }
-    Ok(n)
-}
-
 /// Removes flow `k` (to `backend_id`) and its reverse-NAT entry; false if it was gone already
 /// (the LRU evicted it).
 pub fn remove_flow(maps: &mut Maps, k: &FlowKey, backend_id: u32) -> anyhow::Result<bool> {

@@ -112,11 +112,16 @@ impl Census {
 /// of a churning walk are counted once (a hash of each key is kept for the walk: 8 bytes an
 /// entry, freed when it ends).
 pub fn take(maps: &Maps, per_s: Option<u32>) -> anyhow::Result<Census> {
+    take_at(maps, per_s, monotonic_ns)
+}
+
+/// [`take`] with `now` as the monotonic clock that ages the flows.
+fn take_at(maps: &Maps, per_s: Option<u32>, now: impl Fn() -> u64) -> anyhow::Result<Census> {
     let started_unix = unix_now();
     let (t0, cpu0) = (Instant::now(), thread_cpu_s());
     let mut c = Census {
         started_unix,
-        started_ns: monotonic_ns(),
+        started_ns: now(),
         per_s: per_s.unwrap_or(0),
         capacity: conntrack::capacity(maps)?,
         ..Default::default()
@@ -126,7 +131,7 @@ pub fn take(maps: &Maps, per_s: Option<u32>) -> anyhow::Result<Census> {
     c.read = conntrack::walk_paced(maps, per_s, |k, v| {
         if seen.insert(hasher.hash_one(k)) {
             c.entries += 1;
-            let now = monotonic_ns();
+            let now = now();
             if v.is_expired(k.proto, now) {
                 c.stale.push((k, v.backend_id));
             } else {
@@ -150,9 +155,13 @@ pub fn take(maps: &Maps, per_s: Option<u32>) -> anyhow::Result<Census> {
 /// (one refreshed since is counted as a reference instead), each with its reverse NAT. The
 /// walk is paced, so this costs the run loop nothing and the table no second walk.
 pub fn sweep(maps: &mut Maps, census: &mut Census) -> anyhow::Result<()> {
+    sweep_at(maps, census, monotonic_ns)
+}
+
+fn sweep_at(maps: &mut Maps, census: &mut Census, now: impl Fn() -> u64) -> anyhow::Result<()> {
     for (k, backend_id) in std::mem::take(&mut census.stale) {
         match maps.conntrack.get(&k, 0) {
-            Ok(v) if v.is_expired(k.proto, monotonic_ns()) => {
+            Ok(v) if v.is_expired(k.proto, now()) => {
                 if conntrack::remove_flow(maps, &k, backend_id)? {
                     census.expired += 1;
                 }
@@ -166,6 +175,14 @@ pub fn sweep(maps: &mut Maps, census: &mut Census) -> anyhow::Result<()> {
     }
     census.entries = census.entries.saturating_sub(census.expired);
     Ok(())
+}
+
+/// One unpaced census and its sweep as of `now` (monotonic ns): the flows it expired. For
+/// tests and tools that age the table without waiting.
+pub fn expire_at(maps: &mut Maps, now: u64) -> anyhow::Result<u64> {
+    let mut c = take_at(maps, None, || now)?;
+    sweep_at(maps, &mut c, || now)?;
+    Ok(c.expired)
 }
 
 /// Writes `census` for the CLI, atomically.
